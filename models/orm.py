@@ -1,0 +1,278 @@
+"""The provenance data model (SQLAlchemy 2, typed). Tables are created only by Alembic.
+
+Every label value carries where it came from: a human source file, or the run,
+calls and UAMC steps that generated it. Unique constraints make every write
+idempotent, so a resumed run never duplicates a call, a step or a label.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so migrations can refer to them.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def _now() -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LabelValueMixin:
+    """One label value in the column of its type (expression: text, VA: number, AU: bool)."""
+
+    value_text: Mapped[str | None] = mapped_column(String(32))
+    value_number: Mapped[float | None] = mapped_column(Float)
+    value_bool: Mapped[bool | None] = mapped_column(Boolean)
+
+    @property
+    def value(self) -> str | float | bool | None:
+        if self.value_text is not None:
+            return self.value_text
+        if self.value_number is not None:
+            return self.value_number
+        return self.value_bool
+
+
+def label_columns(value: str | float | bool) -> dict[str, Any]:
+    """Column values for a label value of any schema type."""
+    if isinstance(value, bool):
+        return {"value_text": None, "value_number": None, "value_bool": value}
+    if isinstance(value, str):
+        return {"value_text": value, "value_number": None, "value_bool": None}
+    return {"value_text": None, "value_number": float(value), "value_bool": None}
+
+
+ONE_VALUE = "num_nonnulls(value_text, value_number, value_bool) = 1"
+
+
+class SourceDataset(Base):
+    __tablename__ = "source_datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Subject(Base):
+    """A person. The FEID/FEAB split is decided per subject (stored here) and copied onto images."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (UniqueConstraint("source_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source_datasets.id"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    split: Mapped[str | None] = mapped_column(String(4))
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint("split IN ('FEID', 'FEAB')", name="split_value"),
+        Index("ix_images_source_split", "source_id", "split"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    object_key: Mapped[str] = mapped_column(String(300))
+    width: Mapped[int]
+    height: Mapped[int]
+    format: Mapped[str] = mapped_column(String(16))
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    original_path: Mapped[str] = mapped_column(Text)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source_datasets.id"))
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id"), index=True)
+    split: Mapped[str | None] = mapped_column(String(4))
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class HumanLabel(LabelValueMixin, Base):
+    __tablename__ = "human_labels"
+    __table_args__ = (
+        UniqueConstraint("image_id", "field"),
+        CheckConstraint(ONE_VALUE, name="one_value"),
+        Index("ix_human_labels_field", "field"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    field: Mapped[str] = mapped_column(String(16))
+    source_file: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Run(Base):
+    """An annotation (or audit) run: its full configuration, never a secret."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), server_default="annotate")
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    model: Mapped[str] = mapped_column(String(200))
+    config: Mapped[dict[str, Any]]
+    code_version: Mapped[str] = mapped_column(String(64))
+    stop_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Prompt(Base):
+    """A rendered prompt, stored once and referenced by its sha256."""
+
+    __tablename__ = "prompts"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class RunImage(Base):
+    """Per-run state of one image: the system of record for resume."""
+
+    __tablename__ = "run_images"
+    __table_args__ = (Index("ix_run_images_run_status", "run_id", "status"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    samples_used: Mapped[int] = mapped_column(Integer, server_default="0")
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    consistency_flags: Mapped[list[Any]] = mapped_column(JSONB, server_default="[]")
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class VLLMCall(Base):
+    __tablename__ = "vllm_calls"
+    __table_args__ = (
+        UniqueConstraint("run_id", "image_id", "stage", "sample_index"),
+        CheckConstraint("stage IN ('prior-sample', 'summary', 'rewrite')", name="stage_value"),
+        Index("ix_vllm_calls_image", "image_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    stage: Mapped[str] = mapped_column(String(16))
+    #: Order of the call within (run, image, stage), invalid answers included.
+    sample_index: Mapped[int]
+    prompt_sha256: Mapped[str] = mapped_column(ForeignKey("prompts.sha256"))
+    request_params: Mapped[dict[str, Any]]
+    raw_text: Mapped[str] = mapped_column(Text)
+    parsed: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    valid: Mapped[bool]
+    error: Mapped[str | None] = mapped_column(Text)
+    tokens_in: Mapped[int]
+    tokens_out: Mapped[int]
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(12, 6))
+    latency_s: Mapped[float]
+    attempts: Mapped[int]
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UAMCStep(Base):
+    """One draw of Algorithm 1 (lines 4-13): uncertainties, p_acc (Eq. 4), p and the decision."""
+
+    __tablename__ = "uamc_steps"
+    __table_args__ = (
+        UniqueConstraint("run_id", "image_id", "step"),
+        CheckConstraint("decision IN ('sample', 'stop', 'max-reached')", name="decision_value"),
+        Index("ix_uamc_steps_u_max", "u_max"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    step: Mapped[int]
+    valid_samples: Mapped[int]
+    #: Normalised uncertainty per task, e.g. {"expression": 0.43, "au": 0.12}.
+    uncertainties: Mapped[dict[str, Any]]
+    u_max: Mapped[float]
+    p_acc: Mapped[float | None] = mapped_column(Float)
+    p: Mapped[float | None] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Annotation(LabelValueMixin, Base):
+    """The final value of one field of one image in one run, with its provenance."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "image_id", "field"),
+        CheckConstraint(ONE_VALUE, name="one_value"),
+        CheckConstraint(
+            "(provenance = 'human' AND human_label_id IS NOT NULL)"
+            " OR (provenance = 'generated' AND summary_call_id IS NOT NULL)",
+            name="provenance_link",
+        ),
+        Index("ix_annotations_field_uncertainty", "field", "uncertainty"),
+        Index("ix_annotations_image", "image_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    field: Mapped[str] = mapped_column(String(16))
+    provenance: Mapped[str] = mapped_column(String(16))
+    human_label_id: Mapped[int | None] = mapped_column(ForeignKey("human_labels.id"))
+    summary_call_id: Mapped[int | None] = mapped_column(ForeignKey("vllm_calls.id"))
+    #: Normalised UAMC uncertainty of the field's task at the last step (generated only).
+    uncertainty: Mapped[float | None] = mapped_column(Float)
+    samples_used: Mapped[int | None]
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Instruction(Base):
+    __tablename__ = "instructions"
+    __table_args__ = (UniqueConstraint("run_id", "image_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    template_id: Mapped[int]
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    rewrite_call_id: Mapped[int | None] = mapped_column(ForeignKey("vllm_calls.id"))
+    created_at: Mapped[dt.datetime] = _now()

