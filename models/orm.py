@@ -276,3 +276,16 @@ class Instruction(Base):
     description: Mapped[str] = mapped_column(Text)
     rewrite_call_id: Mapped[int | None] = mapped_column(ForeignKey("vllm_calls.id"))
     created_at: Mapped[dt.datetime] = _now()
+
+
+class Export(Base):
+    """An FEID export of a run: where it is and the manifest written beside it."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+    records: Mapped[int]
+    manifest: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = _now()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +14,9 @@ from rich.table import Table
 
 from models.schemas import SOURCES
 from seke.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from seke.simulator import SimulatorConfig
 
 app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -140,3 +145,169 @@ def images_stats() -> None:
     for row in rows:
         table.add_row(*(str(value) for value in row))
     console.print(table)
+
+
+runs_app = typer.Typer(help="Annotation runs.", no_args_is_help=True)
+simulator_app = typer.Typer(help="The offline OpenAI-compatible simulator.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(simulator_app, name="simulator")
+
+
+def _prefect_defaults() -> None:
+    """Settings measured to keep the Prefect API's task-run counts true at scale (DESIGN.md)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
+
+
+@contextmanager
+def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = None) -> Iterator[tuple[str | None, str | None]]:
+    """(base_url, model) overrides: none when SEKE_VLLM_BASE_URL is set, else a simulator started here."""
+    if settings.vllm_base_url:
+        yield None, None
+        return
+    from seke.simulator import SimulatorConfig, running_simulator
+
+    config = simulator_config or SimulatorConfig()
+    with running_simulator(config) as base_url:
+        console.print(
+            f"[yellow]No SEKE_VLLM_BASE_URL: using the built-in simulator at {base_url} "
+            "(rehearsal only: its labels are not a real model's quality).[/yellow]"
+        )
+        yield base_url, config.model_name
+
+
+@app.command()
+def annotate(
+    run: Annotated[str, typer.Option("--run", help="Run name; re-running the same name resumes it.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
+    max_calls: Annotated[int | None, typer.Option(min=1, help="Stop starting new images after this many calls.")] = None,
+    max_cost: Annotated[float | None, typer.Option(min=0, help="Stop starting new images after this many dollars.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per Prefect sub-flow.")] = 1000,
+    seed: int = 0,
+    no_prior: Annotated[bool, typer.Option("--no-prior", help="Ablation: no human labels or knowledge in prompts.")] = False,
+    no_uamc: Annotated[bool, typer.Option("--no-uamc", help="Ablation: one sample per image.")] = False,
+    max_samples: Annotated[int, typer.Option(min=1, help="UAMC's N.")] = 5,
+) -> None:
+    """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
+    _prefect_defaults()
+    from flows.annotate import annotate_flow
+    from tasks.annotate import AnnotateConfig
+    from tasks.uamc import UAMCConfig
+
+    settings = get_settings()
+    _ready(settings)
+    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
+    with _endpoint(settings) as (base_url, model):
+        result = annotate_flow(
+            run_name=run,
+            config=config,
+            limit=limit,
+            max_calls=max_calls,
+            max_cost_usd=max_cost,
+            concurrency=concurrency,
+            shard_size=shard_size,
+            base_url=base_url,
+            model=model,
+        )
+    _print_report(result)
+
+
+def _print_report(report: dict) -> None:
+    table = Table(show_header=False, title=f"run {report['name']}: {report['status']}")
+    table.add_row("model", report["model"] + ("  [yellow](simulator)[/yellow]" if "simulator" in report["model"] else ""))
+    table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report["images"].items()))
+    table.add_row("calls", f"{report['calls']} ({report['invalid_calls']} invalid answers)")
+    table.add_row("tokens", f"{report['tokens_in']} in, {report['tokens_out']} out")
+    table.add_row("cost", f"${report['cost_usd']:.4f}")
+    table.add_row("samples per image", ", ".join(f"{k}: {v}" for k, v in report["samples_histogram"].items()))
+    table.add_row("mean uncertainty", ", ".join(f"{k}: {v:.3f}" for k, v in report["mean_uncertainty"].items()))
+    if report["failures"]:
+        table.add_row("failures", ", ".join(f"{k}: {v}" for k, v in report["failures"].items()))
+    if report["stop_reason"]:
+        table.add_row("stopped", report["stop_reason"])
+    console.print(table)
+
+
+@runs_app.command("ls")
+def runs_ls() -> None:
+    """List runs, newest first."""
+    from sqlalchemy import select
+
+    from models.orm import Run
+    from seke.db import session_scope
+
+    settings = get_settings()
+    _ready(settings)
+    table = Table("id", "name", "kind", "status", "model", "created", "stop reason")
+    with session_scope(settings) as session:
+        for run in session.scalars(select(Run).order_by(Run.id.desc())):
+            table.add_row(str(run.id), run.name, run.kind, run.status, run.model, f"{run.created_at:%Y-%m-%d %H:%M}", run.stop_reason or "")
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(name: str) -> None:
+    """A run's status, calls, cost, samples per image, uncertainty and failures."""
+    from dataclasses import asdict
+
+    from seke.db import session_scope
+    from tasks.runs import find_run, run_report
+
+    settings = get_settings()
+    _ready(settings)
+    with session_scope(settings) as session:
+        try:
+            run = find_run(session, name)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="NAME") from exc
+        _print_report(asdict(run_report(session, run.id)))
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run name.")],
+    out: Annotated[Path | None, typer.Option(help="Export folder (default: <state_dir>/exports/<run>).")] = None,
+    reference_images: Annotated[bool, typer.Option(help="Reference images by store key instead of copying them.")] = False,
+) -> None:
+    """Write a run's FEID as LLaVA JSONL + provenance sidecar + Hugging Face dataset."""
+    from seke.db import session_scope
+    from seke.store import open_store
+    from tasks.export import record_export
+    from tasks.runs import find_run
+
+    settings = get_settings()
+    _ready(settings)
+    with session_scope(settings) as session:
+        try:
+            run_row = find_run(session, run)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="RUN") from exc
+        target = out or settings.resolved_state_dir / "exports" / run
+        result = record_export(session, open_store(settings), run_row.id, target, copy_images=not reference_images)
+    console.print(f"[green]{result.records} instructions[/green] exported to {result.path}")
+
+
+@simulator_app.command("serve")
+def simulator_serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    latency_ms: Annotated[float, typer.Option(help="Median latency per answer.")] = 0.0,
+    rate_limit_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of requests answered 429.")] = 0.0,
+    server_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of requests answered 5xx.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of answers malformed.")] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Serve the simulator (OpenAI-compatible, /v1/chat/completions) for offline rehearsal."""
+    from seke.simulator import SimulatorConfig, serve
+
+    config = SimulatorConfig(
+        latency_ms=latency_ms,
+        rate_limit_rate=rate_limit_rate,
+        server_error_rate=server_error_rate,
+        malformed_rate=malformed_rate,
+        seed=seed,
+    )
+    console.print(f"[yellow]seke simulator[/yellow] (not a real model) on http://{host}:{port}/v1")
+    serve(config, host=host, port=port)

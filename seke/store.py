@@ -46,7 +46,7 @@ class LocalStore:
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        if path != self.root and self.root not in path.parents:
             raise StoreError(f"object key {key!r} points outside the store at {self.root}")
         return path
 
