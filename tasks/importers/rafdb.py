@@ -1,0 +1,80 @@
+"""RAF-DB (basic emotion subset) importer.
+
+Layout, as distributed::
+
+    EmoLabel/list_patition_label.txt    lines "train_00001.jpg 5"
+    Image/aligned/train_00001_aligned.jpg   (preferred: the face crops)
+    Image/original/train_00001.jpg          (used when no aligned crop exists)
+
+Codes: 1 surprise, 2 fear, 3 disgust, 4 happiness, 5 sadness, 6 anger,
+7 neutral. RAF-DB's own train/test partition is not used: the platform makes
+its own subject-disjoint split.
+
+RAF-DB publishes no subject ids (images are collected from the internet), so
+each image stem is its own subject; near-duplicates of one person across
+images cannot be grouped and may land on both sides of the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from models.labels import Expression, FaceLabels
+from models.schemas import ImportCandidate, ImportProblem
+from tasks.importers._common import label_file, missing_image, numbered_lines, problem
+
+if TYPE_CHECKING:
+    from tasks.importers import ImportOptions
+
+SOURCE = "rafdb"
+LABEL_FILE = Path("EmoLabel/list_patition_label.txt")
+CODES: dict[str, Expression] = {
+    "1": "surprise",
+    "2": "fear",
+    "3": "disgust",
+    "4": "happiness",
+    "5": "sadness",
+    "6": "anger",
+    "7": "neutral",
+}
+
+
+def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | ImportProblem]:
+    labels_path = root / LABEL_FILE
+    if not labels_path.is_file():
+        yield problem(labels_path, root, "RAF-DB label list not found; expected EmoLabel/list_patition_label.txt")
+        return
+    for number, text in numbered_lines(labels_path):
+        parts = text.split()
+        if len(parts) != 2:
+            yield problem(labels_path, root, f"expected '<image name> <code>', got {text!r}", line=number)
+            continue
+        name, code = parts
+        image = _image_for(root, name)
+        if image is None:
+            yield missing_image(root / "Image" / "aligned" / aligned_name(name), labels_path, root, line=number)
+            continue
+        expression = CODES.get(code)
+        if expression is None:
+            reason = f"code {code!r} is not one of 1-7; expression left missing"
+            yield problem(labels_path, root, reason, line=number, field="expression")
+        yield ImportCandidate(
+            source=SOURCE,
+            subject=Path(name).stem,
+            path=image.relative_to(root),
+            labels=FaceLabels(expression=expression),
+            label_files={"expression": label_file(labels_path, root)} if expression else {},
+        )
+
+
+def aligned_name(name: str) -> str:
+    return f"{Path(name).stem}_aligned{Path(name).suffix}"
+
+
+def _image_for(root: Path, name: str) -> Path | None:
+    for candidate in (root / "Image" / "aligned" / aligned_name(name), root / "Image" / "original" / name):
+        if candidate.is_file():
+            return candidate
+    return None
