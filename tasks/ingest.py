@@ -49,7 +49,7 @@ def _get_or_create_subject(session: Session, source_id: int, external_id: str) -
     ).one()
 
 
-def _record(session: Session, candidate: ImportCandidate, root: Path, info: ImageInfo, byte_size: int) -> int | None:
+def _record(session: Session, candidate: ImportCandidate, info: ImageInfo, byte_size: int) -> int | None:
     """Insert the image and its labels; None when these bytes are already in the database."""
     source_id = _get_or_create_source(session, candidate.source)
     subject = _get_or_create_subject(session, source_id, candidate.subject)
@@ -65,7 +65,7 @@ def _record(session: Session, candidate: ImportCandidate, root: Path, info: Imag
             height=info.height,
             format=info.format,
             byte_size=byte_size,
-            original_path=_relative(candidate.path, root),
+            original_path=candidate.path.as_posix(),  # relative to the import root
             source_id=source_id,
             subject_id=subject.id,
             split=subject.split,
@@ -80,18 +80,11 @@ def _record(session: Session, candidate: ImportCandidate, root: Path, info: Imag
             HumanLabel(
                 image_id=image_id,
                 field=name,
-                source_file=candidate.label_files.get(name, _relative(candidate.path, root)),
+                source_file=candidate.label_files.get(name, candidate.path.as_posix()),
                 **label_columns(value),
             )
         )
     return image_id
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def ingest(
@@ -122,7 +115,7 @@ def ingest(
         if not store.exists(key):
             store.put_bytes(key, data)
         with sessions.begin() as session:
-            image_id = _record(session, item, root, info, len(data))
+            image_id = _record(session, item, info, len(data))
         if image_id is None:
             report.already_present += 1
         else:
