@@ -1,0 +1,5 @@
+"""`python -m seke` runs the CLI."""
+
+from seke.cli import app
+
+app()

@@ -1,0 +1,307 @@
+"""The offline simulator: an OpenAI-compatible HTTP server for rehearsing runs.
+
+It is NOT a model. It exists to rehearse throughput, rate limits, cost and
+failure handling without a network: every response names itself
+(`model` "seke-simulator", `system_fingerprint` "seke-simulator"), and its
+quality numbers must never be reported as a model's. Answers come from the
+ground truth embedded in synthetic images, corrupted with noise calibrated to
+GPT-4o (see seke/simulator_model.py), or from the prompt's prior knowledge.
+
+Endpoints: POST /v1/chat/completions, GET /v1/models. Faults (latency,
+429 with Retry-After, 5xx, malformed output) are drawn per request from
+`SimulatorConfig`. `running_simulator()` serves it on a free loopback port in
+a background thread (tests, demo); `serve()` blocks (`seke simulator serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import json
+import math
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import uvicorn
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from models.labels import FaceLabels, Task
+from seke import simulator_model as sim
+from tasks import prompts
+from tasks.groundtruth import read_ground_truth
+from tasks.vllm import estimate_text_tokens, image_tokens
+
+FINGERPRINT = "seke-simulator"
+
+
+class SimulatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(default="seke-simulator", description="Served model id; must say 'simulator'.")
+    seed: int = Field(default=0, description="Seeds fault draws and unseeded requests.")
+    latency_ms: float = Field(default=0.0, ge=0, description="Median latency of an answer.")
+    latency_sigma: float = Field(default=0.0, ge=0, description="Lognormal shape of the latency; 0 = fixed.")
+    latency_jitter_ms: float = Field(default=0.0, ge=0, description="Uniform extra latency in [0, this].")
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered 429.")
+    retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After sent with a 429.")
+    server_error_rate: float = Field(default=0.0, ge=0, le=1, description="Share answered 500/503.")
+    malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Share of answers truncated or invalid.")
+    storm_requests: int = Field(default=0, ge=0, description="The first N requests fail, 429 and 503 in turn.")
+    api_key: SecretStr | None = Field(default=None, description="If set, requests must carry this bearer key.")
+
+    @field_validator("model_name")
+    @classmethod
+    def _says_simulator(cls, value: str) -> str:
+        if "simulator" not in value:
+            raise ValueError(f"model_name {value!r} must contain 'simulator' so no record mistakes it for a model")
+        return value
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    kind = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@lru_cache(maxsize=256)  # each image is asked ~5 times (UAMC samples + summary + rewrite)
+def _image_facts(data: bytes) -> tuple[str, FaceLabels | None, tuple[int, int] | None]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size: tuple[int, int] | None = image.size
+    except Exception:  # not an image: answered like a prompt without one
+        size = None
+    return hashlib.sha256(data).hexdigest(), read_ground_truth(data), size
+
+
+def _read_messages(messages: object) -> tuple[str, bytes | None]:
+    """(all text of the user messages, the first data-URL image); ValueError names what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    texts: list[str] = []
+    image: bytes | None = None
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "image_url" and image is None:
+                url = str((part.get("image_url") or {}).get("url", ""))
+                if url.startswith("data:") and "," in url:  # remote URLs cannot be fetched offline
+                    try:
+                        image = base64.b64decode(url.split(",", 1)[1], validate=False)
+                    except (binascii.Error, ValueError) as exc:
+                        raise ValueError(f"image data URL is not valid base64: {exc}") from exc
+    return "\n".join(texts), image
+
+
+def _answer(
+    text: str, image_key: str, truth: FaceLabels | None, temperature: float, rng: random.Random
+) -> tuple[str, dict[str, Any]]:
+    """(stage, answer object) for one prompt; a foreign prompt gets a full annotation without prior."""
+    belief = sim.perceive(truth, image_key)
+    stage = prompts.prompt_stage(text) or "foreign"
+    known = prompts.known_labels_in(text) if stage != "foreign" else None
+    if known is not None:
+        belief = sim.with_prior(belief, known)
+    if stage == prompts.REWRITE_STAGE:
+        final = FaceLabels.model_validate(prompts.read_marked_json(text, prompts.FINAL_MARKER) or {})
+        description = str(prompts.read_marked_json(text, prompts.DESCRIPTION_MARKER) or "")
+        opening = rng.choice(("", "Here is my analysis of this face. ", "Looking closely at the face: "))
+        return stage, {"answer": opening + prompts.deterministic_answer(final, description)}
+    tasks = prompts.requested_tasks_in(text) if stage != "foreign" else list(Task)
+    if stage == prompts.SUMMARY_STAGE:
+        samples = prompts.read_marked_json(text, prompts.SAMPLES_MARKER) or []
+        return stage, sim.summarise(belief, known or FaceLabels(), samples, tasks)
+    return stage, sim.sample_answer(belief, tasks, temperature, rng)
+
+
+def _render(answer: dict[str, Any], structured: bool, rng: random.Random) -> str:
+    if structured:
+        return json.dumps(answer)
+    if rng.random() < 0.5:
+        return (
+            "Here is my analysis of the face in the image.\n\n```json\n"
+            + json.dumps(answer, indent=2)
+            + "\n```\n\nThis is based on the visible facial muscle movements."
+        )
+    return f"After looking at the face, my answer is {json.dumps(answer)} based on the visible muscle movements."
+
+
+def _malformed(answer: dict[str, Any], content: str, rng: random.Random) -> tuple[str, str]:
+    """(content, finish_reason) of a broken answer: truncated, schema-invalid, or no JSON at all."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return content[: max(1, len(content) // 2)], "length"
+    if kind == 1:
+        broken = dict(answer)
+        if "expression" in broken:
+            broken["expression"] = "joy"  # not one of the 8 classes
+        elif "valence" in broken:
+            broken["valence"] = 1.7  # outside [-1, 1]
+        elif "aus" in broken:
+            broken["aus"] = {**broken["aus"], "AU3": True}  # not a schema AU
+        else:
+            broken = {"text": next(iter(answer.values()), "")}
+        return json.dumps(broken), "stop"
+    return "I am not able to tell the emotion of this face with certainty.", "stop"
+
+
+class _Simulator:
+    """Per-app state; handlers run on the server's single event loop, so no locks are needed."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.requests = 0
+
+    def latency_s(self) -> float:
+        c = self.config
+        median = c.latency_ms * (math.exp(c.latency_sigma * self.rng.gauss(0, 1)) if c.latency_sigma else 1.0)
+        return (median + self.rng.uniform(0, c.latency_jitter_ms)) / 1000
+
+    def fault(self) -> JSONResponse | None:
+        c = self.config
+        n = self.requests
+        self.requests += 1
+        rate_limited = self.rng.random() < c.rate_limit_rate
+        server_error = self.rng.random() < c.server_error_rate
+        if n < c.storm_requests:
+            rate_limited, server_error = n % 2 == 0, n % 2 == 1
+        if rate_limited:
+            headers = {
+                "retry-after": str(math.ceil(c.retry_after_s)),
+                "retry-after-ms": str(int(c.retry_after_s * 1000)),
+            }
+            return _error(429, "Simulated rate limit: too many requests.", "rate_limit_exceeded", headers)
+        if server_error:
+            status = self.rng.choice((500, 503))
+            return _error(status, "Simulated server error.", "server_error")
+        return None
+
+    async def chat(self, request: Request) -> JSONResponse:
+        c = self.config
+        if c.api_key is not None and request.headers.get("authorization") != f"Bearer {c.api_key.get_secret_value()}":
+            return _error(401, "Invalid API key for the simulator; send the key it was started with.", "invalid_api_key")
+        try:
+            body = await request.json()
+            text, image = _read_messages(body.get("messages"))
+        except (ValueError, AttributeError) as exc:
+            return _error(400, f"Invalid request: {exc}", "invalid_request")
+        if body.get("model") != c.model_name:
+            message = f"The model {body.get('model')!r} does not exist; this simulator serves {c.model_name!r}."
+            return _error(404, message, "model_not_found")
+        failure = self.fault()
+        if failure is not None:
+            return failure
+        latency = self.latency_s()
+        if latency > 0:
+            await asyncio.sleep(latency)
+        temperature = body.get("temperature")
+        temperature = 1.0 if temperature is None else float(temperature)  # the OpenAI default
+        image_key, truth, size = _image_facts(image) if image is not None else ("no-image", None, None)
+        seed = body.get("seed")
+        # Same image, prompt and seed -> same answer, as a seeded API call promises; unseeded calls vary.
+        prompt_key = hashlib.sha256(text.encode()).hexdigest()
+        rng = sim.seeded_rng(image_key, prompt_key, seed) if seed is not None else random.Random(self.rng.random())
+        stage, answer = _answer(text, image_key, truth, temperature, rng)
+        response_format = body.get("response_format") or {}
+        structured = response_format.get("type") in ("json_schema", "json_object") and stage != "foreign"
+        content, finish = _render(answer, structured, rng), "stop"
+        if self.rng.random() < c.malformed_rate:
+            content, finish = _malformed(answer, content, rng)
+        prompt_tokens = estimate_text_tokens(text)
+        if size is not None:
+            prompt_tokens += image_tokens(*size)
+        completion_tokens = estimate_text_tokens(content)
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-sim-{self.requests}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": c.model_name,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "finish_reason": finish,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    async def models(self, request: Request) -> JSONResponse:
+        model = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": FINGERPRINT}
+        return JSONResponse({"object": "list", "data": [model]})
+
+
+def create_app(config: SimulatorConfig | None = None) -> Starlette:
+    state = _Simulator(config or SimulatorConfig())
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", state.chat, methods=["POST"]),
+            Route("/v1/models", state.models, methods=["GET"]),
+        ]
+    )
+
+
+def serve(config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted (`seke simulator serve`)."""
+    config = config or SimulatorConfig()
+    print(
+        f"{config.model_name}: an offline rehearsal endpoint, not a model; its quality numbers are simulated. "
+        f"Serving at http://{host}:{port}/v1",
+        file=sys.stderr,
+    )
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
+
+
+@contextmanager
+def running_simulator(config: SimulatorConfig | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve on a free loopback port in a background thread; yields the base URL (…/v1)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this; without it each keep-alive response waits ~40 ms (Nagle + delayed ACK).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="seke-simulator", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the simulator did not start on {host}:{port}; see the log above")
+            time.sleep(0.01)
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

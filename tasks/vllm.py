@@ -1,0 +1,455 @@
+"""Calls to a vision LLM behind any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, Ollama, the simulator).
+
+Retry policy: exactly one retry layer, ours. The openai SDK is built with
+`max_retries=0` because its own retries would hide attempts from the record,
+ignore our shared rate limiter and multiply with any retry we add. We retry
+only transient failures — HTTP 408/409/429/5xx, timeouts, connection errors —
+with exponential backoff and full jitter (sleep ~ U[0, min(max, base·2^k)],
+AWS "Exponential Backoff and Jitter"), and wait at least what the server asks
+in `retry-after-ms` or `Retry-After` (seconds or an HTTP-date). Other HTTP
+errors (400/401/403/404/422) raise PermanentCallError saying what to fix;
+a 429 whose code is `insufficient_quota` is permanent too. Output that does
+not parse or validate is never retried here: it comes back as an invalid
+CallResult with the raw text and the reason, for UAMC to count and store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from models.answers import json_schema_for
+from seke.config import Settings
+from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
+from tasks.ratelimit import RateLimiter
+
+TRANSIENT_STATUS = frozenset({408, 409, 429})  # plus every 5xx
+
+
+class VLLMConfig(BaseModel):
+    """One endpoint and how to call it; stored with each run (see `public_snapshot`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
+    model: str = Field(description="Model name the endpoint serves.")
+    api_key: SecretStr = Field(default=SecretStr("not-needed"), description="Bearer key; never stored.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-attempt HTTP timeout.")
+    max_attempts: int = Field(default=6, ge=1, description="Attempts per call on transient failures.")
+    backoff_base_s: float = Field(default=1.0, gt=0, description="First backoff ceiling; doubles per attempt.")
+    backoff_max_s: float = Field(default=60.0, gt=0, description="Largest backoff ceiling.")
+    retry_after_max_s: float = Field(default=300.0, gt=0, description="Cap on a server's Retry-After.")
+    requests_per_minute: float = Field(default=3000, gt=0, description="Client-side cap, per process.")
+    tokens_per_minute: float = Field(default=2_000_000, gt=0, description="Client-side cap, per process.")
+    rate_burst_s: float = Field(default=1.0, gt=0, description="Seconds of budget the limiter may spend at once.")
+    image_max_side: int = Field(default=512, ge=16, description="Images larger than this are downscaled.")
+    structured_output: bool = Field(
+        default=True, description="Send response_format json_schema; turn off for endpoints without it."
+    )
+    price_in_per_mtok: float = Field(default=2.5, ge=0, description="USD per million prompt tokens (GPT-4o).")
+    price_out_per_mtok: float = Field(default=10.0, ge=0, description="USD per million output tokens (GPT-4o).")
+    # Samples need temperature > 0 so UAMC sees the model's variance (paper Eq. 1-3); the summary should be stable.
+    sample_temperature: float = Field(default=1.0, ge=0, le=2)
+    summary_temperature: float = Field(default=0.0, ge=0, le=2)
+    rewrite_temperature: float = Field(default=0.7, ge=0, le=2)
+    sample_max_tokens: int = Field(default=400, gt=0)
+    summary_max_tokens: int = Field(default=1000, gt=0)
+    rewrite_max_tokens: int = Field(default=1000, gt=0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, base_url: str | None = None, model: str | None = None) -> VLLMConfig:
+        """The config for `settings`; `base_url`/`model` override (e.g. a simulator started on the fly)."""
+        url = base_url or settings.vllm_base_url
+        if not url:
+            raise ValueError("no endpoint: set SEKE_VLLM_BASE_URL, or pass the base_url of a running simulator")
+        return cls(
+            base_url=url,
+            model=model or settings.vllm_model,
+            api_key=settings.vllm_api_key,
+            requests_per_minute=settings.requests_per_minute,
+            tokens_per_minute=settings.tokens_per_minute,
+        )
+
+    def stage_params(self, stage: str) -> tuple[float, int]:
+        """(temperature, max_tokens) configured for 'sample', 'summary' or 'rewrite'."""
+        if stage == SAMPLE_STAGE:
+            return self.sample_temperature, self.sample_max_tokens
+        if stage == SUMMARY_STAGE:
+            return self.summary_temperature, self.summary_max_tokens
+        if stage == REWRITE_STAGE:
+            return self.rewrite_temperature, self.rewrite_max_tokens
+        raise ValueError(f"unknown stage {stage!r}; expected {SAMPLE_STAGE}, {SUMMARY_STAGE} or {REWRITE_STAGE}")
+
+    def public_snapshot(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"api_key"})
+
+
+@dataclass
+class CallResult:
+    request_params: dict[str, Any]  # what was asked, without secrets or image bytes
+    raw_text: str
+    parsed: dict[str, Any] | None
+    valid: bool
+    error: str | None
+    tokens_in: int
+    tokens_out: int
+    latency_s: float  # the successful attempt's round trip
+    attempts: int
+    cost_usd: float
+    started_at: datetime  # started_at..finished_at spans all attempts and backoff
+    finished_at: datetime
+    finish_reason: str | None = None
+    response_model: str | None = None  # as the endpoint names itself (the simulator says so here)
+    system_fingerprint: str | None = None
+
+
+class TransientCallError(RuntimeError):
+    """Transient failures used up every attempt; the image can be retried later."""
+
+    def __init__(self, attempts: int, last_error: str) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempts on transient failures (last: {last_error}); the endpoint is "
+            "overloaded or unreachable: retry the image later, or lower concurrency / requests_per_minute"
+        )
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class PermanentCallError(RuntimeError):
+    """The endpoint refused the request in a way retrying cannot fix."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# --- images ---
+
+
+def encode_image(image: bytes, max_side: int) -> tuple[str, dict[str, Any]]:
+    """(data URL, metadata). Sends the original bytes unless a side exceeds `max_side`."""
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            fmt = (img.format or "").upper()
+            size = img.size
+            if max(size) <= max_side and fmt in ("PNG", "JPEG", "WEBP", "GIF"):
+                data = image
+            else:
+                img.thumbnail((max_side, max_side))
+                size = img.size
+                fmt = "PNG" if fmt == "PNG" else "JPEG"
+                buffer = io.BytesIO()
+                img.convert("RGBA" if fmt == "PNG" else "RGB").save(buffer, format=fmt, quality=90)
+                data = buffer.getvalue()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the image to send ({exc}); re-ingest it as PNG or JPEG") from exc
+    meta = {
+        "image_sha256": hashlib.sha256(image).hexdigest(),
+        "image_sent_bytes": len(data),
+        "image_sent_size": list(size),
+        "image_resized": data is not image,
+    }
+    mime = f"image/{fmt.lower()}"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", meta
+
+
+def image_tokens(width: int, height: int) -> int:
+    """OpenAI's high-detail cost: 85 + 170 per 512-px tile (after fitting 2048 and 768 on the short side)."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def estimate_text_tokens(text: str) -> int:
+    return max(1, len(text) // 4)  # ~4 characters per token for English prose and JSON
+
+
+# --- parsing ---
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+
+def extract_json_object(text: str) -> dict[str, Any] | None:
+    """The answer object in `text`: the whole text, a fenced block, or the first balanced {...} that parses."""
+    candidates = [text.strip(), *(m.group(1).strip() for m in _FENCE.finditer(text))]
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        end = _balanced_end(text, start)
+        if end is None:
+            continue
+        try:
+            value = json.loads(text[start:end])
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def parse_answer(text: str, answer_model: type[BaseModel]) -> tuple[dict[str, Any] | None, str | None]:
+    """(validated answer as JSON-able dict, None) or (None, why it is invalid)."""
+    obj = extract_json_object(text)
+    if obj is None:
+        return None, "no JSON object found in the output"
+    try:
+        return answer_model.model_validate(obj).model_dump(mode="json"), None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        return None, f"answer does not match {answer_model.__name__}: {problems}"
+
+
+# --- retry timing ---
+
+
+def retry_after_s(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """Seconds the server asks us to wait: `retry-after-ms`, or `Retry-After` as seconds or an HTTP-date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def backoff_s(attempt: int, config: VLLMConfig, rng: random.Random, server_wait: float | None) -> float:
+    """Full-jitter backoff after failed attempt number `attempt` (1-based), never below the server's ask."""
+    jittered = rng.uniform(0.0, min(config.backoff_max_s, config.backoff_base_s * 2 ** (attempt - 1)))
+    if server_wait is None:
+        return jittered
+    return max(jittered, min(server_wait, config.retry_after_max_s))
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    """'HTTP 404: <the server's own message>' (the SDK's message repeats the whole body)."""
+    message = exc.body.get("message") if isinstance(exc.body, dict) else None
+    return f"HTTP {exc.status_code}: {message or exc.message}"
+
+
+def _permanent_message(exc: openai.APIStatusError, config: VLLMConfig) -> str:
+    status = exc.status_code
+    where = f"{config.base_url} (model {config.model!r})"
+    detail = _status_detail(exc)
+    if status in (401, 403):
+        return f"{where} refused the credentials ({detail}); set SEKE_VLLM_API_KEY to a valid key for this endpoint"
+    if status == 404:
+        return (
+            f"{where} does not know this path or model ({detail}); check SEKE_VLLM_BASE_URL (it should end in /v1) "
+            "and SEKE_VLLM_MODEL against the endpoint's GET /v1/models"
+        )
+    if status == 429:
+        return f"{where} has no quota left ({detail}); add credit or use another key, then resume the run"
+    hint = "; if it does not support json_schema output, set structured_output=False" if config.structured_output else ""
+    return f"{where} rejected the request ({detail}); check the model accepts image input{hint}"
+
+
+class VLLMClient:
+    """Thread-safe: one per process, shared by the annotate threads (the limiter caps them together)."""
+
+    def __init__(
+        self,
+        config: VLLMConfig,
+        *,
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self._limiter = limiter or RateLimiter(
+            config.requests_per_minute, config.tokens_per_minute, burst_s=config.rate_burst_s
+        )
+        self._sleep = sleep
+        self._rng = random.Random()
+        self._client = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key.get_secret_value(),
+            timeout=config.timeout_s,
+            max_retries=0,  # see the module docstring: our loop is the only retry layer
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> VLLMClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def complete(
+        self,
+        stage: str,
+        prompt: RenderedPrompt,
+        *,
+        image: bytes | None,
+        answer_model: type[BaseModel],
+        temperature: float,
+        seed: int | None,
+        max_tokens: int,
+    ) -> CallResult:
+        """One validated model call. Invalid output → CallResult(valid=False); only transport errors raise."""
+        started_at = datetime.now(UTC)
+        content: list[dict[str, Any]] = [{"type": "text", "text": prompt.text}]
+        record: dict[str, Any] = {
+            "stage": stage,
+            "base_url": self.config.base_url,
+            "model": self.config.model,
+            "prompt_name": prompt.name,
+            "prompt_version": prompt.version,
+            "prompt_sha256": prompt.sha256,
+            "answer_model": answer_model.__name__,
+            "temperature": temperature,
+            "seed": seed,
+            "max_tokens": max_tokens,
+            "structured_output": self.config.structured_output,
+        }
+        estimate = estimate_text_tokens(prompt.text) + max_tokens
+        if image is not None:
+            url, meta = encode_image(image, self.config.image_max_side)
+            content.append({"type": "image_url", "image_url": {"url": url}})
+            record.update(meta)
+            estimate += image_tokens(*meta["image_sent_size"])
+        params: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": temperature,
+            # max_tokens rather than max_completion_tokens: vLLM, SGLang and Ollama all accept it.
+            "max_tokens": max_tokens,
+        }
+        if seed is not None:
+            params["seed"] = seed
+        if self.config.structured_output:
+            params["response_format"] = json_schema_for(answer_model)
+
+        attempt = 0
+        while True:
+            attempt += 1
+            self._limiter.acquire(estimate)
+            sent = time.monotonic()
+            try:
+                completion = self._client.chat.completions.create(**params)
+            except openai.APIStatusError as exc:
+                self._limiter.settle(estimate, 0)
+                transient = exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500
+                if not transient or exc.code == "insufficient_quota":
+                    raise PermanentCallError(_permanent_message(exc, self.config), exc.status_code) from exc
+                last_error = _status_detail(exc)
+                server_wait = retry_after_s(exc.response.headers)
+            except openai.APIConnectionError as exc:  # includes APITimeoutError
+                self._limiter.settle(estimate, 0)
+                last_error = f"{type(exc).__name__}: {exc.message}"
+                server_wait = None
+            else:
+                latency = time.monotonic() - sent
+                break
+            if attempt >= self.config.max_attempts:
+                raise TransientCallError(attempt, last_error)
+            self._sleep(backoff_s(attempt, self.config, self._rng, server_wait))
+
+        return self._result(completion, answer_model, record, estimate, max_tokens, latency, attempt, started_at)
+
+    def _result(
+        self,
+        completion: Any,
+        answer_model: type[BaseModel],
+        record: dict[str, Any],
+        estimate: int,
+        max_tokens: int,
+        latency: float,
+        attempts: int,
+        started_at: datetime,
+    ) -> CallResult:
+        choices = getattr(completion, "choices", None)
+        finish_reason = None
+        if not choices:
+            raw, parsed, error = str(completion)[:10_000], None, "the endpoint returned no choices"
+        else:
+            message = choices[0].message
+            finish_reason = choices[0].finish_reason
+            raw = message.content or ""
+            refusal = getattr(message, "refusal", None)
+            if refusal:
+                parsed, error = None, f"the model refused: {refusal}"
+            else:
+                parsed, error = parse_answer(raw, answer_model)
+            if error and finish_reason == "length":
+                error += f" (output cut at max_tokens={max_tokens}; raise this stage's max_tokens)"
+        usage = getattr(completion, "usage", None)
+        tokens_in = getattr(usage, "prompt_tokens", None) or (estimate - max_tokens)
+        tokens_out = getattr(usage, "completion_tokens", None) or estimate_text_tokens(raw)
+        self._limiter.settle(estimate, tokens_in + tokens_out)
+        cost = (tokens_in * self.config.price_in_per_mtok + tokens_out * self.config.price_out_per_mtok) / 1e6
+        return CallResult(
+            request_params=record,
+            raw_text=raw,
+            parsed=parsed,
+            valid=error is None,
+            error=error,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_s=latency,
+            attempts=attempts,
+            cost_usd=cost,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            finish_reason=finish_reason,
+            response_model=getattr(completion, "model", None),
+            system_fingerprint=getattr(completion, "system_fingerprint", None),
+        )
