@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     vllm_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the endpoint.")
     requests_per_minute: int = Field(default=3000, gt=0, description="Client-side request rate cap per process.")
     tokens_per_minute: int = Field(default=2_000_000, gt=0, description="Client-side token rate cap per process.")
+    vllm_max_attempts: int = Field(default=6, ge=1, description="Attempts per call on transient failures (429, 5xx, timeouts).")
+    vllm_backoff_base_s: float = Field(default=1.0, gt=0, description="First retry backoff ceiling; doubles per attempt.")
     concurrency: int = Field(default=32, gt=0, le=512, description="Images annotated at once.")
 
     @field_validator("database_url", mode="before")

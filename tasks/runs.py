@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
 
 from models.labels import Split
@@ -174,7 +174,7 @@ def run_report(session: Session, run_id: int) -> RunReport:
     last = (
         select(UAMCStep.uncertainties)
         .where(UAMCStep.run_id == run_id)
-        .distinct(UAMCStep.image_id)
+        .ext(distinct_on(UAMCStep.image_id))
         .order_by(UAMCStep.image_id, UAMCStep.step.desc())
     )
     sums: Counter[str] = Counter()

@@ -83,6 +83,8 @@ class VLLMConfig(BaseModel):
             api_key=settings.vllm_api_key,
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
+            max_attempts=settings.vllm_max_attempts,
+            backoff_base_s=settings.vllm_backoff_base_s,
         )
 
     def stage_params(self, stage: str) -> tuple[float, int]:

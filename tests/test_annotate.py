@@ -1,0 +1,257 @@
+"""The annotate flow end to end: real Postgres, the simulator over HTTP, the Prefect test API.
+
+Reliability: fault storms complete, malformed output is stored and resampled,
+a SIGKILLed run resumes to exactly what a clean run produces, bad images fail
+alone, budgets stop gracefully. The README's provenance queries run here too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from models.labels import Split
+from models.orm import Annotation, HumanLabel, Image, Run, RunImage, UAMCStep, VLLMCall
+from models.schemas import SOURCES
+from seke.config import Settings
+from seke.db import session_factory, session_scope
+from seke.migrate import upgrade
+from seke.simulator import SimulatorConfig, running_simulator
+from seke.store import open_store
+from tasks.annotate import AnnotateConfig
+from tasks.demo_data import write_demo_data
+from tasks.importers import READERS, ImportOptions
+from tasks.ingest import ingest
+from tasks.split import assign_splits
+from tasks.uamc import UAMCConfig
+from tests.conftest import create_database
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def prepared_settings(admin_url: str, root: Path, demo: Path) -> Settings:
+    """A new database + store holding the demo data, imported and split."""
+    settings = Settings(database_url=create_database(admin_url), state_dir=root / "state", store_url=(root / "store").as_uri())
+    upgrade(settings)
+    sessions, store = session_factory(settings), open_store(settings)
+    for name in SOURCES:
+        ingest(READERS[name](demo / name, ImportOptions()), demo / name, sessions, store)
+    with session_scope(settings) as session:
+        assign_splits(session, seed=0)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_data(root, n=100, seed=11)
+    return root
+
+
+def use(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the flow (which reads settings from the environment) at `settings`."""
+    monkeypatch.setenv("SEKE_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("SEKE_STORE_URL", settings.store_url)
+    monkeypatch.setenv("SEKE_STATE_DIR", str(settings.state_dir))
+
+
+@pytest.fixture
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of a freshly prepared database, also exported to the environment the flow reads."""
+    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
+    use(settings, monkeypatch)
+    return settings
+
+
+def run_flow(base_url: str, run_name: str, concurrency: int = 8, **kwargs):
+    from flows.annotate import annotate_flow
+
+    return annotate_flow(run_name=run_name, base_url=base_url, model="seke-simulator", concurrency=concurrency, **kwargs)
+
+
+def fingerprint(settings: Settings, run_name: str) -> tuple[list, list]:
+    """Calls and UAMC steps of a run, keyed by image content: comparable across databases."""
+    with session_scope(settings) as session:
+        calls = session.execute(
+            select(Image.sha256, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.raw_text)
+            .join(Image, Image.id == VLLMCall.image_id)
+            .join(Run, Run.id == VLLMCall.run_id)
+            .where(Run.name == run_name)
+            .order_by(Image.sha256, VLLMCall.stage, VLLMCall.sample_index)
+        ).all()
+        steps = session.execute(
+            select(Image.sha256, UAMCStep.step, UAMCStep.decision, UAMCStep.p, UAMCStep.valid_samples)
+            .join(Image, Image.id == UAMCStep.image_id)
+            .join(Run, Run.id == UAMCStep.run_id)
+            .where(Run.name == run_name)
+            .order_by(Image.sha256, UAMCStep.step)
+        ).all()
+    return [tuple(row) for row in calls], [tuple(row) for row in steps]
+
+
+def test_clean_run_annotates_every_feid_image_and_keeps_human_labels(fresh: Settings) -> None:
+    with running_simulator(SimulatorConfig()) as base_url:
+        report = run_flow(base_url, "clean", limit=30)
+    assert report["status"] == "completed"
+    assert report["images"] == {"done": 30}
+    with session_scope(fresh) as session:
+        run_id = session.scalar(select(Run.id).where(Run.name == "clean"))
+        assert session.scalar(select(func.count()).select_from(RunImage).join(Image, Image.id == RunImage.image_id).where(Image.split != Split.FEID.value)) == 0
+        # Every human label is kept, with human provenance, untouched.
+        humans = session.execute(
+            select(Annotation, HumanLabel)
+            .join(HumanLabel, Annotation.human_label_id == HumanLabel.id)
+            .where(Annotation.run_id == run_id)
+        ).all()
+        assert humans and all(a.value == h.value and a.provenance == "human" for a, h in humans)
+        image_ids = session.scalars(select(RunImage.image_id).where(RunImage.run_id == run_id)).all()
+        human_count = session.scalar(select(func.count(HumanLabel.id)).where(HumanLabel.image_id.in_(image_ids)))
+        assert len(humans) == human_count
+        # Every image ends with all 20 fields (expression, valence, arousal, 17 AUs).
+        per_image = session.execute(
+            select(Annotation.image_id, func.count()).where(Annotation.run_id == run_id).group_by(Annotation.image_id)
+        ).all()
+        assert {n for _, n in per_image} == {20}
+        # Samples used = valid prior-sample calls; UAMC stays within [2, N].
+        for image_id, used in session.execute(select(RunImage.image_id, RunImage.samples_used).where(RunImage.run_id == run_id)):
+            valid = session.scalar(
+                select(func.count()).where(VLLMCall.run_id == run_id, VLLMCall.image_id == image_id, VLLMCall.stage == "prior-sample", VLLMCall.valid)
+            )
+            assert valid == used
+            assert used == 0 or 2 <= used <= 5
+
+
+def test_fault_storm_completes_with_every_image_done(fresh: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 30 failures in a row, then 10% of requests fail at random; 12 attempts with short backoff absorb it.
+    monkeypatch.setenv("SEKE_VLLM_MAX_ATTEMPTS", "12")
+    monkeypatch.setenv("SEKE_VLLM_BACKOFF_BASE_S", "0.02")
+    storm = SimulatorConfig(storm_requests=30, rate_limit_rate=0.05, server_error_rate=0.05, retry_after_s=0.02, seed=3)
+    with running_simulator(storm) as base_url:
+        report = run_flow(base_url, "storm", limit=12)
+    assert report["images"] == {"done": 12}
+    with session_scope(fresh) as session:
+        retried = session.scalar(select(func.count()).where(VLLMCall.attempts > 1))
+    assert retried > 0  # the storm really hit, and the client's retries absorbed it
+
+
+def test_malformed_output_is_stored_invalid_and_resampled(fresh: Settings) -> None:
+    config = AnnotateConfig(uamc=UAMCConfig(max_invalid=8))
+    with running_simulator(SimulatorConfig(malformed_rate=0.25, seed=5)) as base_url:
+        report = run_flow(base_url, "malformed", limit=12, config=config)
+    assert report["images"] == {"done": 12}
+    assert report["invalid_calls"] > 0
+    with session_scope(fresh) as session:
+        invalid = session.scalars(select(VLLMCall).where(VLLMCall.valid.is_(False))).all()
+        assert invalid and all(call.error and call.raw_text is not None and call.parsed is None for call in invalid)
+        for image_id, used in session.execute(select(RunImage.image_id, RunImage.samples_used)):
+            steps = session.scalars(select(UAMCStep.valid_samples).where(UAMCStep.image_id == image_id)).all()
+            # Invalid answers never count toward S_n: every step saw only valid samples.
+            assert all(n <= used for n in steps)
+
+
+def test_too_many_invalid_answers_fail_the_image_with_a_reason(fresh: Settings) -> None:
+    config = AnnotateConfig(uamc=UAMCConfig(max_invalid=1))
+    with running_simulator(SimulatorConfig(malformed_rate=1.0)) as base_url:
+        report = run_flow(base_url, "all-bad", limit=3, config=config)
+    assert report["status"] == "failed" and report["images"] == {"failed": 3}
+    with session_scope(fresh) as session:
+        reasons = session.scalars(select(RunImage.failure_reason)).all()
+    assert all(reason and "invalid answers" in reason for reason in reasons)
+
+
+def test_bad_image_in_the_queue_fails_alone(fresh: Settings) -> None:
+    store = open_store(fresh)
+    with session_scope(fresh) as session:
+        victim = session.scalars(select(Image).where(Image.split == Split.FEID.value).order_by(Image.id).limit(1)).one()
+    store.put_bytes(victim.object_key, b"\x89PNG\r\n\x1a\n broken")
+    with running_simulator(SimulatorConfig()) as base_url:
+        report = run_flow(base_url, "bad-image", limit=6)
+    assert report["images"] == {"done": 5, "failed": 1}
+    with session_scope(fresh) as session:
+        row = session.get(RunImage, (session.scalar(select(Run.id).where(Run.name == "bad-image")), victim.id))
+    assert row.status == "failed" and "cannot read image" in row.failure_reason
+
+
+def test_budget_stops_gracefully_and_resume_finishes(fresh: Settings) -> None:
+    with running_simulator(SimulatorConfig()) as base_url:
+        stopped = run_flow(base_url, "budget", limit=20, max_calls=10)
+        assert stopped["status"] == "stopped" and "call budget" in stopped["stop_reason"]
+        assert 0 < stopped["images"].get("done", 0) < 20
+        done_before = stopped["images"]["done"]
+        finished = run_flow(base_url, "budget", limit=20)
+    assert finished["status"] == "completed" and finished["images"] == {"done": 20}
+    assert finished["images"]["done"] > done_before
+
+
+def test_sigkilled_run_resumes_to_exactly_the_clean_run(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    clean = prepared_settings(postgres_admin_url, tmp_path / "clean", demo)
+    killed = prepared_settings(postgres_admin_url, tmp_path / "killed", demo)
+    simulator = SimulatorConfig(latency_ms=40)
+    with running_simulator(simulator) as base_url:
+        env = {
+            **os.environ,
+            "SEKE_DATABASE_URL": killed.database_url.get_secret_value(),
+            "SEKE_STORE_URL": killed.store_url,
+            "SEKE_STATE_DIR": str(killed.state_dir),
+            "SEKE_VLLM_BASE_URL": base_url,
+            "SEKE_VLLM_MODEL": simulator.model_name,
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+        }
+        command = [sys.executable, "-m", "seke", "annotate", "--run", "resume", "--limit", "16", "--concurrency", "4"]
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        engine = create_engine(killed.database_url.get_secret_value())
+        deadline = time.monotonic() + 120
+        calls = 0
+        while calls < 25 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+            with engine.connect() as connection:
+                calls = connection.scalar(text("SELECT count(*) FROM vllm_calls"))
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        engine.dispose()
+
+        with session_scope(killed) as session:
+            assert session.scalar(select(func.count()).where(RunImage.status != "done")) > 0  # really mid-way
+        use(killed, monkeypatch)
+        resumed = run_flow(base_url, "resume", limit=16, concurrency=4)
+        use(clean, monkeypatch)
+        reference = run_flow(base_url, "resume", limit=16, concurrency=4)
+    assert resumed["images"] == reference["images"] == {"done": 16}
+    killed_calls, killed_steps = fingerprint(killed, "resume")
+    clean_calls, clean_steps = fingerprint(clean, "resume")
+    assert killed_calls == clean_calls  # same calls, same answers, none lost or duplicated
+    assert killed_steps == clean_steps  # same seeded UAMC decisions
+
+
+def provenance_queries() -> list[str]:
+    """The SQL blocks of the README's provenance section: the docs are what the tests run."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Provenance in SQL", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_provenance_queries_return_rows(fresh: Settings) -> None:
+    queries = provenance_queries()
+    assert len(queries) >= 3
+    with running_simulator(SimulatorConfig()) as base_url:
+        run_flow(base_url, "provenance", limit=40, config=AnnotateConfig(uamc=UAMCConfig(normaliser="attainable")))
+    engine = create_engine(fresh.database_url.get_secret_value())
+    with engine.connect() as connection:
+        for query in queries:
+            rows = connection.execute(text(query)).all()
+            assert rows, f"README query returned no rows:\n{query}"
+    engine.dispose()
