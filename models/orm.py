@@ -289,3 +289,68 @@ class Export(Base):
     records: Mapped[int]
     manifest: Mapped[dict[str, Any]]
     created_at: Mapped[dt.datetime] = _now()
+
+
+class TrainingRun(Base):
+    """A fine-tune of a base checkpoint on an export: lineage export → training run → checkpoints."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), index=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    device: Mapped[str | None] = mapped_column(String(32))
+    final_uri: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    code_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = _now()
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("training_run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class BenchmarkRun(Base):
+    """One model scored on FEAB: a checkpoint (in-process) or an OpenAI-compatible endpoint."""
+
+    __tablename__ = "benchmark_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    model_kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(Text)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"), index=True)
+    prompt_sha256: Mapped[str] = mapped_column(ForeignKey("prompts.sha256"))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    code_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = _now()
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BenchmarkAnswer(Base):
+    """A model's raw answer for one FEAB image and what the parser read from it."""
+
+    __tablename__ = "benchmark_answers"
+    __table_args__ = (UniqueConstraint("benchmark_run_id", "image_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    benchmark_run_id: Mapped[int] = mapped_column(ForeignKey("benchmark_runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    raw_text: Mapped[str] = mapped_column(Text)
+    parsed: Mapped[dict[str, Any]]
+    parse_method: Mapped[str] = mapped_column(String(8))
+    problems: Mapped[list[Any]] = mapped_column(JSONB, server_default="[]")
+    created_at: Mapped[dt.datetime] = _now()
