@@ -154,10 +154,21 @@ app.add_typer(simulator_app, name="simulator")
 
 
 def _prefect_defaults() -> None:
-    """Settings measured to keep the Prefect API's task-run counts true at scale (DESIGN.md)."""
+    """Environment defaults for the flows this process runs; anything already set wins.
+
+    - the recorder batch size measured to keep the Prefect API's task-run counts true at scale (DESIGN.md);
+    - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
+      state directories never share, and lock, one database;
+    - no analytics heartbeat (nothing outside this machine is reachable anyway);
+    - no Hugging Face progress bars between our own.
+    """
     import os
 
+    state = get_settings().resolved_state_dir
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
+    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @contextmanager
@@ -285,8 +296,8 @@ def export(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="RUN") from exc
         target = out or settings.resolved_state_dir / "exports" / run
-        result = record_export(session, open_store(settings), run_row.id, target, copy_images=not reference_images)
-    console.print(f"[green]{result.records} instructions[/green] exported to {result.path}")
+        export_id, result = record_export(session, open_store(settings), run_row.id, target, copy_images=not reference_images)
+    console.print(f"[green]{result.records} instructions[/green] exported to {result.path} (export id {export_id})")
 
 
 @simulator_app.command("serve")
@@ -311,3 +322,147 @@ def simulator_serve(
     )
     console.print(f"[yellow]seke simulator[/yellow] (not a real model) on http://{host}:{port}/v1")
     serve(config, host=host, port=port)
+
+
+#: The demo fine-tunes a tiny randomly initialised model for a few minutes on CPU: the paper's
+#: lr 1e-5 (meant for a pretrained 7B model) would not move it, so the demo uses a larger one.
+DEMO_TRAIN_CONFIG = {"learning_rate": 2e-3, "epochs": 3, "batch_size": 4, "save_steps": 25, "warmup_ratio": 0.03}
+
+
+def _train_config(path: Path | None) -> dict | None:
+    import json
+
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{path}: not a readable JSON object of TrainConfig fields ({exc})") from exc
+
+
+@app.command()
+def finetune(
+    name: Annotated[str, typer.Option(help="Training run name; re-running it resumes.")],
+    export_id: Annotated[int, typer.Option(help="Export to train on (`seke export` prints it).")],
+    base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields (defaults: paper §4.2).")] = None,
+) -> None:
+    """Fine-tune LLaVA-OneVision on an FEID export (full SFT; LoRA with {"use_lora": true})."""
+    _prefect_defaults()
+    from flows.finetune import finetune_flow
+
+    settings = get_settings()
+    _ready(settings)
+    result = finetune_flow(name=name, export_id=export_id, base_model=base_model, train_config=_train_config(config))
+    console.print(f"[green]trained[/green] {name}: loss {result['first_loss']:.3f} → {result['last_loss']:.3f} in {result['steps']} steps; model at {result['final_uri']}")
+
+
+@app.command()
+def benchmark(
+    model: Annotated[str, typer.Option(help="Checkpoint dir / store:<prefix>, or the model name of an endpoint.")],
+    name: Annotated[str | None, typer.Option(help="Benchmark run name (default: derived from the model).")] = None,
+    endpoint: Annotated[bool, typer.Option(help="Score an OpenAI-compatible endpoint (SEKE_VLLM_BASE_URL or --base-url).")] = False,
+    base_url: Annotated[str | None, typer.Option(help="Endpoint URL, overriding SEKE_VLLM_BASE_URL.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score at most the first N FEAB images.")] = None,
+) -> None:
+    """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
+    _prefect_defaults()
+    from flows.benchmark import benchmark_flow
+
+    settings = get_settings()
+    _ready(settings)
+    run_name = name or "feab-" + model.replace("/", "-").replace(":", "-")
+    result = benchmark_flow(
+        name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit
+    )
+    console.print(result["table"])
+    console.print(f"charts: {', '.join(result['charts'])}")
+
+
+@app.command()
+def pipeline(
+    run: Annotated[str, typer.Option("--run", help="Annotation run name; the chain's other names derive from it.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields.")] = None,
+    via_deployments: Annotated[bool, typer.Option(help="Start fine-tune/benchmark deployments on a Prefect server instead of in-process.")] = False,
+) -> None:
+    """annotate → export → fine-tune → benchmark, with lineage recorded."""
+    _prefect_defaults()
+    from flows.pipeline import pipeline_flow
+
+    settings = get_settings()
+    _ready(settings)
+    with _endpoint(settings) as (base_url, model):
+        result = pipeline_flow(
+            run_name=run, limit=limit, base_url=base_url, model=model, base_model=base_model,
+            train_config=_train_config(config), via_deployments=via_deployments,
+        )  # fmt: skip
+    _print_report(result["annotate"])
+    if "benchmark" in result:
+        console.print(result["benchmark"]["table"])
+    elif "finetune_flow_run_id" in result:
+        console.print(f"fine-tune deployment started: flow run {result['finetune_flow_run_id']}")
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option("--n", min=40, help="Synthetic faces to make.")] = 200,
+    train: Annotated[bool, typer.Option(help="Fine-tune the tiny model and benchmark it after annotating.")] = True,
+) -> None:
+    """The whole path on embedded defaults: synthetic data → import → split → SEKE on the simulator →
+    export → fine-tune a tiny LLaVA-OneVision on CPU → FEAB benchmark. Safe to re-run: every step resumes."""
+    _prefect_defaults()
+    from flows.pipeline import pipeline_flow
+    from seke.db import display_url, session_factory, session_scope
+    from seke.store import open_store
+    from tasks.demo_data import write_demo_data
+    from tasks.importers import READERS, ImportOptions
+    from tasks.ingest import ingest
+    from tasks.split import assign_splits
+
+    settings = get_settings()
+    _ready(settings)
+    state = settings.resolved_state_dir
+    data = state / "demo-data"
+    console.rule("1. synthetic faces in the six datasets' native layouts")
+    counts = write_demo_data(data, n=n, seed=0)
+    console.print(f"{sum(counts.values())} faces written to {data}")
+    console.rule("2. import (validate, store, record human labels) and subject split")
+    sessions, store = session_factory(settings), open_store(settings)
+    with progress_bar() as progress:
+        for name in READERS:
+            task = progress.add_task(f"import {name}", total=counts.get(name))
+            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda: progress.advance(task))
+            for problem in report.problems:
+                console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
+    with session_scope(settings) as session:
+        assign_splits(session, seed=0)
+    images_stats()
+    console.rule("3. SEKE annotation on the simulator" + (", fine-tune and benchmark" if train else ""))
+    with _endpoint(settings) as (base_url, model):
+        if train:
+            result = pipeline_flow(run_name="demo", base_url=base_url, model=model, train_config=DEMO_TRAIN_CONFIG)
+        else:
+            from flows.annotate import annotate_flow
+            from flows.pipeline import export_for
+
+            result = {"annotate": annotate_flow(run_name="demo", base_url=base_url, model=model)}
+            result["export_id"] = export_for("demo")
+    _print_report(result["annotate"])
+    if "benchmark" in result:
+        console.rule("4. FEAB benchmark of the fine-tuned tiny model")
+        console.print(result["benchmark"]["table"])
+        console.print(f"charts: {', '.join(result['benchmark']['charts'])}")
+    console.rule("where everything is")
+    console.print(f"database:  {display_url(settings)}")
+    console.print(f"store:     {store.uri('')}")
+    console.print(f"export:    {state / 'exports' / 'demo'} (feid.jsonl, provenance.jsonl, hf/)")
+    if "finetune" in result:
+        console.print(f"model:     {result['finetune']['final_uri']}")
+    console.print("provenance: SELECT * FROM annotation_provenance WHERE run_name = 'demo' LIMIT 20;  (see README)")
+    console.print(
+        "Prefect UI: run `prefect server start` in another terminal and `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
+        "before `seke demo`; its runs then show at http://127.0.0.1:4200"
+    )
+    console.print("[yellow]All model answers came from the offline simulator: a rehearsal, not a real model's quality.[/yellow]")

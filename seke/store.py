@@ -160,3 +160,23 @@ def open_store(settings: Settings) -> ObjectStore:
         )
         return S3Store(parsed.netloc, parsed.path, client)
     raise StoreError(f"SEKE_STORE_URL={url!r}: expected s3://bucket/prefix or file:///dir")
+
+
+def upload_dir(store: ObjectStore, local_dir: Path, prefix: str) -> str:
+    """Upload every file under local_dir to prefix/<relative path>; returns the prefix's URI."""
+    prefix = prefix.rstrip("/")
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file():
+            store.upload_file(f"{prefix}/{path.relative_to(local_dir).as_posix()}", path)
+    return store.uri(prefix)
+
+
+def download_prefix(store: ObjectStore, prefix: str, local_dir: Path) -> Path:
+    """Download every object under prefix/ into local_dir (mirroring the key layout)."""
+    prefix = prefix.rstrip("/") + "/"
+    keys = list(store.list_keys(prefix))
+    if not keys:
+        raise StoreError(f"nothing stored under {store.uri(prefix)}")
+    for key in keys:
+        store.download_file(key, Path(local_dir) / key[len(prefix) :])
+    return Path(local_dir)

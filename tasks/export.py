@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
-from seke.store import ObjectStore
+from seke.store import ObjectStore, upload_dir
 from seke.version import code_version
 
 
@@ -142,11 +142,20 @@ def export_run(
     return ExportResult(out_dir, len(records), manifest)
 
 
+def export_prefix(run_name: str) -> str:
+    return f"exports/{run_name}"
+
+
 def record_export(
     session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True
-) -> ExportResult:
-    """Export the run and record the export (lineage: run → export → training runs)."""
+) -> tuple[int, ExportResult]:
+    """Export the run, upload it to the object store and record it (lineage: run → export → training).
+
+    Returns the export's id: training flows on other machines fetch the export by it.
+    """
     result = export_run(session, store, run_id, out_dir, copy_images=copy_images)
-    session.add(Export(run_id=run_id, uri=out_dir.resolve().as_uri(), records=result.records, manifest=result.manifest))
+    uri = upload_dir(store, out_dir, export_prefix(result.manifest["run"]))
+    export = Export(run_id=run_id, uri=uri, records=result.records, manifest=result.manifest)
+    session.add(export)
     session.flush()
-    return result
+    return export.id, result

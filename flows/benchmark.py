@@ -1,0 +1,122 @@
+"""The benchmark flow: score a checkpoint or an OpenAI-compatible endpoint on FEAB.
+
+Publishes a table artifact in the layout of the paper's Table 2 (with the
+paper's published rows beside ours, labelled as such) and PNG charts (per-AU
+F1 bars, a radar like Figure 4) stored in the object store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from models.orm import BenchmarkRun, Prompt
+from seke.config import get_settings
+from seke.db import session_factory
+from seke.store import ObjectStore, download_prefix, open_store
+from seke.version import code_version
+from tasks.benchmark.charts import au_f1_chart, radar_chart
+from tasks.benchmark.paper import table2_markdown, table_rows
+from tasks.benchmark.prompt import benchmark_prompt
+from tasks.benchmark.runner import answer_with_checkpoint, answer_with_endpoint, answered, feab_items, score_run, store_answer
+
+SIMULATOR_NOTE = "The model is the offline simulator: these numbers rehearse the pipeline, they are not a real model's quality."
+
+
+def _local_model(model: str, cache: Path, store: ObjectStore) -> Path:
+    """A checkpoint directory: `store:<prefix>` is fetched once into the cache, anything else is a path."""
+    if model.startswith("store:"):
+        prefix = model.removeprefix("store:")
+        local = cache / prefix.replace("/", "__")
+        if not (local / "config.json").exists():
+            download_prefix(store, prefix, local)
+        return local
+    path = Path(model).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"checkpoint {model!r} has no config.json; pass a model directory or store:<prefix>")
+    return path
+
+
+@flow(name="benchmark", flow_run_name="benchmark-{name}")
+def benchmark_flow(
+    name: str,
+    model: str,
+    kind: Literal["checkpoint", "endpoint"] = "checkpoint",
+    base_url: str | None = None,
+    limit: int | None = None,
+    training_run_id: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 200,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """Score `model` on FEAB; re-running a name resumes its unanswered images."""
+    from tasks.vllm import VLLMClient, VLLMConfig
+
+    logger = get_run_logger()
+    settings = get_settings()
+    sessions, store = session_factory(settings), open_store(settings)
+    prompt = benchmark_prompt()
+    config = {"kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "base_url": base_url}
+    with sessions.begin() as session:
+        session.execute(
+            insert(Prompt)
+            .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
+            .on_conflict_do_nothing(index_elements=["sha256"])
+        )
+        run = session.scalars(select(BenchmarkRun).where(BenchmarkRun.name == name)).one_or_none()
+        if run is None:
+            run = BenchmarkRun(
+                name=name, model_kind=kind, model=model, training_run_id=training_run_id,
+                prompt_sha256=prompt.sha256, config=config, code_version=code_version(),
+            )  # fmt: skip
+            session.add(run)
+            session.flush()
+        run_id = run.id
+        items = feab_items(session, limit)
+        todo = [item for item in items if item.image_id not in answered(session, run_id)]
+    if not items:
+        raise ValueError("no FEAB images: import data and run `seke split` first")
+    logger.info("benchmark %s: %s of %s FEAB images to answer with %s", name, len(todo), len(items), model)
+
+    def on_answer(item, text: str) -> None:
+        store_answer(sessions, run_id, item.image_id, text)
+
+    if todo and kind == "endpoint":
+        endpoint = VLLMConfig.from_settings(settings, base_url=base_url, model=model).model_copy(update={"structured_output": False})
+        with VLLMClient(endpoint) as client:
+            answer_with_endpoint(todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer)
+    elif todo:
+        model_dir = _local_model(model, settings.resolved_state_dir / "cache" / "models", store)
+        answer_with_checkpoint(todo, store=store, model_dir=model_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, on_answer=on_answer)
+
+    with sessions.begin() as session:
+        scores = score_run(session, run_id, items)
+        run = session.get(BenchmarkRun, run_id)
+        run.scores = scores.model_dump(mode="json")
+        run.status = "completed"
+        run.finished_at = dt.datetime.now(dt.UTC)
+
+    label = f"{name} ({model})"
+    markdown = table2_markdown([(label, scores)])
+    if "simulator" in model:
+        markdown += "\n\n" + SIMULATOR_NOTE
+    chart_dir = settings.resolved_state_dir / "benchmarks" / name
+    charts = [au_f1_chart([(label, scores)], chart_dir / "au_f1.png"), radar_chart([(label, scores)], chart_dir / "radar.png")]
+    chart_uris = []
+    for chart in charts:
+        key = f"benchmarks/{name}/{chart.name}"
+        store.upload_file(key, chart)
+        chart_uris.append(store.uri(key))
+    key = f"benchmark-{name}".lower().replace("_", "-")
+    create_table_artifact(table_rows([(label, scores)]), key=key, description=f"FEAB scores of {model}, Table 2 layout")
+    create_markdown_artifact(
+        markdown + "\n\nCharts: " + ", ".join(chart_uris) + f"\n\nUnparseable answers: {scores.n_unparseable} of {scores.n}",
+        key=f"{key}-report",
+    )
+    return {"benchmark_run_id": run_id, "scores": scores.model_dump(mode="json"), "table": markdown, "charts": [str(c) for c in charts]}

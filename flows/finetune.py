@@ -1,0 +1,182 @@
+"""The fine-tune flow: LLaVA-OneVision on an FEID export (paper §4.2: full SFT, lr 1e-5, cosine).
+
+Inputs come by id and URI, so the flow runs the same on the embedded default
+(local store, CPU) and on a GPU worker of the `gpu` work pool: the export and
+the base checkpoint are fetched from the object store, checkpoints are pushed
+back as they are written, and the database records the lineage
+export → training run → checkpoints. Re-running a name resumes it: from the
+local checkpoints, or from the store's when the local disk is new.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from sqlalchemy import select
+
+from models.orm import Checkpoint, Export, TrainingRun
+from seke.config import Settings, get_settings
+from seke.db import session_factory
+from seke.store import ObjectStore, download_prefix, open_store, upload_dir
+from seke.version import code_version
+
+
+def _model_prefix(name: str, part: str) -> str:
+    return f"models/{name}/{part}"
+
+
+def fetch_export(store: ObjectStore, export: Export, cache: Path) -> Path:
+    """The export as a local directory (downloaded once), with referenced images fetched too."""
+    local = cache / f"export-{export.id}"
+    if not (local / "feid.jsonl").exists():
+        download_prefix(store, f"exports/{export.manifest['run']}", local)
+    if export.manifest.get("images") == "object-store keys":
+        for line in (local / "feid.jsonl").read_text().splitlines():
+            key = json.loads(line)["image"]
+            if not (local / key).exists():
+                store.download_file(key, local / key)
+    return local
+
+
+def resolve_base_model(base_model: str | None, *, store: ObjectStore, work: Path, name: str, export_dir: Path) -> tuple[Path, str]:
+    """(local dir, recorded name) of the base checkpoint.
+
+    None builds the tiny LLaVA-OneVision (the embedded default: no hub here) and
+    stores it, so a resume elsewhere trains from the same weights; `store:<prefix>`
+    fetches a checkpoint from the object store; anything else is a local path.
+    """
+    from tasks.train.data import load_export
+    from tasks.train.tiny import build_tiny_llava
+
+    if base_model is None:
+        local, prefix = work / "base", _model_prefix(name, "base")
+        if not (local / "config.json").exists():
+            if any(store.list_keys(prefix + "/")):
+                download_prefix(store, prefix, local)
+            else:
+                corpus = [turn.text for record in load_export(export_dir) for turn in record.turns]
+                build_tiny_llava(local, corpus)
+                upload_dir(store, local, prefix)
+        return local, f"tiny-llava-onevision ({store.uri(prefix)})"
+    if base_model.startswith("store:"):
+        prefix = base_model.removeprefix("store:")
+        local = work / "base"
+        if not (local / "config.json").exists():
+            download_prefix(store, prefix, local)
+        return local, store.uri(prefix)
+    path = Path(base_model).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"base model {base_model!r} has no config.json: pass a local LLaVA-OneVision checkpoint directory, "
+            "or store:<prefix> for one in the object store"
+        )
+    return path.resolve(), str(path.resolve())
+
+
+def _open_training_run(settings: Settings, name: str, export_id: int, config: dict[str, Any]) -> tuple[int, dict | None]:
+    """Create the run, or find it; returns (id, result) where result is set when it already completed."""
+    with session_factory(settings).begin() as session:
+        if session.get(Export, export_id) is None:
+            raise ValueError(f"no export with id {export_id}; run `seke export RUN` first")
+        run = session.scalars(select(TrainingRun).where(TrainingRun.name == name)).one_or_none()
+        if run is None:
+            run = TrainingRun(name=name, export_id=export_id, base_model="", config=config, code_version=code_version())
+            session.add(run)
+            session.flush()
+        elif run.export_id != export_id or run.config != config:
+            raise ValueError(f"training run {name!r} exists with another export or config; choose a new name")
+        return run.id, (run.result if run.status == "completed" else None)
+
+
+def _restore_latest_checkpoint(sessions, store: ObjectStore, run_id: int, name: str, output_dir: Path) -> None:
+    """On a machine without local checkpoints, continue from the newest one in the store."""
+    with sessions() as session:
+        latest = session.scalars(
+            select(Checkpoint).where(Checkpoint.training_run_id == run_id).order_by(Checkpoint.step.desc()).limit(1)
+        ).one_or_none()
+    if latest is not None:
+        checkpoint = f"checkpoint-{latest.step}"
+        download_prefix(store, _model_prefix(name, checkpoint), output_dir / checkpoint)
+
+
+@flow(name="finetune", flow_run_name="finetune-{name}")
+def finetune_flow(
+    name: str,
+    export_id: int,
+    base_model: str | None = None,
+    train_config: dict[str, Any] | None = None,
+    then_benchmark: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune on export `export_id`; returns the training result with the final model's URI.
+
+    `then_benchmark` (benchmark flow parameters) triggers the benchmark deployment
+    when training completes: the deployment path of the trigger chain.
+    """
+    import torch
+
+    from tasks.train.finetune import StepLog, TrainConfig, checkpoint_dirs, finetune
+
+    logger = get_run_logger()
+    settings = get_settings()
+    config = TrainConfig.from_dict(train_config or {})
+    run_id, finished = _open_training_run(settings, name, export_id, config.to_dict())
+    if finished is not None:
+        logger.info("training run %s already completed; not training again", name)
+        result = finished
+    else:
+        store = open_store(settings)
+        sessions = session_factory(settings)
+        work = settings.resolved_state_dir / "training" / name
+        with sessions() as session:
+            export = session.get(Export, export_id)
+            export_dir = fetch_export(store, export, settings.resolved_state_dir / "cache")
+        base_dir, base_name = resolve_base_model(base_model, store=store, work=work, name=name, export_dir=export_dir)
+        output_dir = work / "output"
+        if not (output_dir.exists() and checkpoint_dirs(output_dir)):
+            _restore_latest_checkpoint(sessions, store, run_id, name, output_dir)
+        uploaded = {p.name for p in checkpoint_dirs(output_dir)} if output_dir.exists() else set()
+
+        def on_step(log: StepLog) -> None:
+            if log.step == 1 or log.step % 10 == 0 or log.step == log.total_steps:
+                logger.info("step %s/%s loss %.4f lr %.2e", log.step, log.total_steps, log.loss, log.learning_rate)
+            for checkpoint in checkpoint_dirs(output_dir):
+                if checkpoint.name in uploaded:
+                    continue
+                uri = upload_dir(store, checkpoint, _model_prefix(name, checkpoint.name))
+                step = int(checkpoint.name.rsplit("-", 1)[1])
+                with sessions.begin() as session:
+                    session.add(Checkpoint(training_run_id=run_id, step=step, uri=uri))
+                uploaded.add(checkpoint.name)
+
+        trained = finetune(config, export_dir, base_dir, output_dir, resume=True, progress=on_step)
+        on_step(StepLog(trained.steps, trained.steps, trained.last_loss, 0.0, trained.tokens_seen, 0.0))
+        final_uri = upload_dir(store, trained.final_dir, _model_prefix(name, "final"))
+        result = {
+            "training_run_id": run_id,
+            "final_uri": final_uri,
+            "final_model": f"store:{_model_prefix(name, 'final')}",
+            "steps": trained.steps,
+            "first_loss": trained.first_loss,
+            "last_loss": trained.last_loss,
+            "tokens_seen": trained.tokens_seen,
+            "train_time_s": trained.train_time_s,
+            "skipped_ids": trained.skipped_ids,
+        }
+        with sessions.begin() as session:
+            run = session.get(TrainingRun, run_id)
+            run.base_model = base_name
+            run.status = "completed"
+            run.device = "cuda" if torch.cuda.is_available() else "cpu"
+            run.final_uri = final_uri
+            run.result = result
+            run.finished_at = dt.datetime.now(dt.UTC)
+        logger.info("training run %s: loss %.3f → %.3f in %s steps", name, trained.first_loss, trained.last_loss, trained.steps)
+    if then_benchmark is not None:
+        from flows.pipeline import trigger
+
+        trigger("benchmark", {**then_benchmark, "model": result["final_model"], "training_run_id": run_id}, key=f"{name}:benchmark")
+    return result

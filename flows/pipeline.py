@@ -1,0 +1,105 @@
+"""The trigger chain: annotate → export → fine-tune → benchmark, with lineage recorded.
+
+Two ways to run it:
+- in-process (no Prefect server needed): the flows run as sub-flows, one after another;
+- via deployments (a Prefect server with `cpu` and `gpu` work pools, see infra/):
+  the pipeline starts the fine-tune deployment with `run_deployment(timeout=0,
+  idempotency_key=...)`, and the fine-tune flow starts the benchmark deployment
+  the same way when it completes. The idempotency keys are derived from the run
+  names, so a retried trigger returns the flow run it already started instead
+  of starting a duplicate; our own tables are keyed by the same names, so even a
+  duplicate that got through would resume rather than redo the work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from sqlalchemy import select
+
+from flows.annotate import annotate_flow
+from flows.benchmark import benchmark_flow
+from flows.finetune import finetune_flow
+from models.orm import Export, Run
+from seke.config import get_settings
+from seke.db import session_factory
+from seke.store import open_store
+from tasks.annotate import AnnotateConfig
+from tasks.export import record_export
+
+#: "<flow name>/<deployment name>" of the deployments infra/deployments.py creates.
+DEPLOYMENTS = {
+    "annotate": "annotate/annotate",
+    "finetune": "finetune/finetune",
+    "benchmark": "benchmark/benchmark",
+    "audit": "audit/audit",
+    "pipeline": "pipeline/pipeline",
+}
+
+
+def trigger(flow_key: str, parameters: dict[str, Any], *, key: str):
+    """Start a deployment without waiting; the same key returns the same flow run (no duplicate)."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name=DEPLOYMENTS[flow_key], parameters=parameters, timeout=0, idempotency_key=key)
+
+
+def export_for(run_name: str) -> int:
+    """The run's export id: the newest export made after the run finished, else a new one."""
+    settings = get_settings()
+    with session_factory(settings).begin() as session:
+        run = session.scalars(select(Run).where(Run.name == run_name)).one()
+        latest = session.scalars(
+            select(Export).where(Export.run_id == run.id).order_by(Export.id.desc()).limit(1)
+        ).one_or_none()
+        if latest is not None and run.finished_at is not None and latest.created_at >= run.finished_at:
+            return latest.id
+        export_id, _ = record_export(
+            session, open_store(settings), run.id, settings.resolved_state_dir / "exports" / run_name
+        )
+        return export_id
+
+
+@flow(name="pipeline", flow_run_name="pipeline-{run_name}")
+def pipeline_flow(
+    run_name: str,
+    limit: int | None = None,
+    annotate_config: AnnotateConfig | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
+    concurrency: int | None = None,
+    base_model: str | None = None,
+    train_config: dict[str, Any] | None = None,
+    benchmark_limit: int | None = None,
+    via_deployments: bool = False,
+) -> dict[str, Any]:
+    """Annotate `run_name`, then export it, fine-tune on it and benchmark the result."""
+    logger = get_run_logger()
+    annotated = annotate_flow(
+        run_name=run_name, config=annotate_config, limit=limit, base_url=base_url, model=model, concurrency=concurrency
+    )
+    if annotated["status"] != "completed":
+        reason = annotated["stop_reason"] or annotated["status"]
+        logger.warning("run %s did not complete (%s): not exporting or training; re-run to resume", run_name, reason)
+        return {"annotate": annotated, "stopped": reason}
+    export_id = export_for(run_name)
+    finetune_name = f"{run_name}-finetune"
+    benchmark = {"name": f"{finetune_name}-feab", "kind": "checkpoint", "limit": benchmark_limit}
+    if via_deployments:
+        started = trigger(
+            "finetune",
+            {
+                "name": finetune_name,
+                "export_id": export_id,
+                "base_model": base_model,
+                "train_config": train_config,
+                "then_benchmark": benchmark,
+            },
+            key=f"{finetune_name}:finetune",
+        )
+        logger.info("started fine-tune deployment run %s; it starts the benchmark when done", started.id)
+        return {"annotate": annotated, "export_id": export_id, "finetune_flow_run_id": str(started.id)}
+    trained = finetune_flow(name=finetune_name, export_id=export_id, base_model=base_model, train_config=train_config)
+    scored = benchmark_flow(**benchmark, model=trained["final_model"], training_run_id=trained["training_run_id"])
+    return {"annotate": annotated, "export_id": export_id, "finetune": trained, "benchmark": scored}

@@ -1,0 +1,135 @@
+"""Benchmarking a model on FEAB: collect answers (resumably), parse them, score them.
+
+A model is either a checkpoint run in-process (transformers, batched greedy
+generation) or any OpenAI-compatible endpoint asked zero-shot, as the paper's
+Table 2 rows for GPT-4o and the open models were produced. Every raw answer is
+stored before it is parsed, so re-running resumes and a parser change can be
+re-scored without calling the model again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.labels import FaceLabels, Split
+from models.orm import BenchmarkAnswer, HumanLabel, Image
+from seke.store import ObjectStore
+from tasks.benchmark.metrics import BenchmarkScores, score
+from tasks.benchmark.parse import ParsedAnswer, parse_answer
+from tasks.benchmark.prompt import benchmark_prompt
+
+
+@dataclass(frozen=True)
+class FeabItem:
+    image_id: int
+    object_key: str
+    reference: FaceLabels
+
+
+def feab_items(session: Session, limit: int | None = None) -> list[FeabItem]:
+    """FEAB images with their human labels (the references), by image id."""
+    query = select(Image.id, Image.object_key).where(Image.split == Split.FEAB.value).order_by(Image.id)
+    if limit is not None:
+        query = query.limit(limit)
+    images = session.execute(query).all()
+    labels: dict[int, dict[str, object]] = {}
+    for label in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_([i for i, _ in images]))):
+        labels.setdefault(label.image_id, {})[label.field] = label.value
+    return [FeabItem(image_id, key, FaceLabels.from_field_values(labels.get(image_id, {}))) for image_id, key in images]
+
+
+def answered(session: Session, benchmark_run_id: int) -> set[int]:
+    return set(session.scalars(select(BenchmarkAnswer.image_id).where(BenchmarkAnswer.benchmark_run_id == benchmark_run_id)))
+
+
+def store_answer(sessions: sessionmaker[Session], benchmark_run_id: int, image_id: int, raw_text: str) -> ParsedAnswer:
+    parsed = parse_answer(raw_text)
+    with sessions.begin() as session:
+        session.execute(
+            insert(BenchmarkAnswer)
+            .values(
+                benchmark_run_id=benchmark_run_id,
+                image_id=image_id,
+                raw_text=raw_text,
+                parsed=parsed.labels.model_dump(mode="json"),
+                parse_method=parsed.method,
+                problems=parsed.problems,
+            )
+            .on_conflict_do_nothing(index_elements=["benchmark_run_id", "image_id"])
+        )
+    return parsed
+
+
+class _AnyAnswer(BaseModel):
+    """Benchmark answers are free text, parsed by tasks.benchmark.parse; the client must not reject them."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def answer_with_endpoint(
+    items: Sequence[FeabItem],
+    *,
+    store: ObjectStore,
+    client,
+    concurrency: int,
+    on_answer: Callable[[FeabItem, str], None],
+) -> None:
+    """Ask an OpenAI-compatible endpoint the benchmark question for each image (threads share the client)."""
+    prompt = benchmark_prompt()
+    temperature, max_tokens = 0.0, client.config.summary_max_tokens
+
+    def ask(item: FeabItem) -> None:
+        result = client.complete(
+            "benchmark", prompt, image=store.get_bytes(item.object_key), answer_model=_AnyAnswer,
+            temperature=temperature, seed=0, max_tokens=max_tokens,
+        )  # fmt: skip
+        on_answer(item, result.raw_text)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in [pool.submit(ask, item) for item in items]:
+            future.result()
+
+
+def answer_with_checkpoint(
+    items: Sequence[FeabItem],
+    *,
+    store: ObjectStore,
+    model_dir: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    on_answer: Callable[[FeabItem, str], None],
+) -> None:
+    """Batched greedy generation with a checkpoint; the question text is the benchmark prompt."""
+    from tasks.train.generate import generate_answers, load_for_inference
+
+    model, processor = load_for_inference(model_dir)
+    question = benchmark_prompt().text
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        texts = generate_answers(
+            model, processor, [store.get_bytes(i.object_key) for i in batch], [question] * len(batch),
+            max_new_tokens=max_new_tokens, batch_size=batch_size,
+        )  # fmt: skip
+        for item, text in zip(batch, texts, strict=True):
+            on_answer(item, text)
+
+
+def score_run(session: Session, benchmark_run_id: int, items: Sequence[FeabItem]) -> BenchmarkScores:
+    """Score the stored answers; an unparseable answer is a None prediction (counted, never dropped)."""
+    rows = {
+        answer.image_id: answer
+        for answer in session.scalars(select(BenchmarkAnswer).where(BenchmarkAnswer.benchmark_run_id == benchmark_run_id))
+    }
+    predictions = [
+        FaceLabels.model_validate(rows[i.image_id].parsed) if rows[i.image_id].parse_method != "none" else None
+        for i in items
+    ]
+    return score(predictions, [i.reference for i in items])
