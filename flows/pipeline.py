@@ -16,12 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from flows.annotate import annotate_flow
 from flows.benchmark import benchmark_flow
 from flows.finetune import finetune_flow
-from models.orm import Export, Run
+from models.orm import Export, Instruction, Run
 from seke.config import get_settings
 from seke.db import session_factory
 from seke.store import open_store
@@ -46,14 +46,15 @@ def trigger(flow_key: str, parameters: dict[str, Any], *, key: str):
 
 
 def export_for(run_name: str) -> int:
-    """The run's export id: the newest export made after the run finished, else a new one."""
+    """The run's export id: its newest export if no image finished since, else a new export."""
     settings = get_settings()
     with session_factory(settings).begin() as session:
         run = session.scalars(select(Run).where(Run.name == run_name)).one()
         latest = session.scalars(
             select(Export).where(Export.run_id == run.id).order_by(Export.id.desc()).limit(1)
         ).one_or_none()
-        if latest is not None and run.finished_at is not None and latest.created_at >= run.finished_at:
+        last_finished = session.scalar(select(func.max(Instruction.created_at)).where(Instruction.run_id == run.id))
+        if latest is not None and (last_finished is None or latest.created_at >= last_finished):
             return latest.id
         export_id, _ = record_export(
             session, open_store(settings), run.id, settings.resolved_state_dir / "exports" / run_name

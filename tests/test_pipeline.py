@@ -1,0 +1,117 @@
+"""The downstream chain end to end: export → fine-tune (tiny model, CPU) → FEAB benchmark, lineage,
+idempotent re-runs, endpoint benchmarking over HTTP, and deployment triggers that never duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from models.orm import BenchmarkAnswer, BenchmarkRun, Checkpoint, Export, Image, TrainingRun
+from seke.config import Settings
+from seke.db import session_scope
+from seke.simulator import SimulatorConfig, running_simulator
+from tasks.annotate import AnnotateConfig
+from tests.test_annotate import prepared_settings, use
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+#: Enough steps for the tiny model to learn something, few enough for CI (2 cores).
+TRAIN = {"learning_rate": 3e-3, "max_steps": 12, "batch_size": 4, "save_steps": 5}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tasks.demo_data import write_demo_data
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_data(root, n=80, seed=21)
+    return root
+
+
+@pytest.fixture
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
+    use(settings, monkeypatch)
+    return settings
+
+
+def test_pipeline_records_lineage_and_reruns_without_redoing_work(fresh: Settings) -> None:
+    from flows.pipeline import pipeline_flow
+
+    config = AnnotateConfig(rewrite_with_llm=False)
+    with running_simulator(SimulatorConfig()) as base_url:
+        kwargs = dict(run_name="chain", limit=24, annotate_config=config, base_url=base_url, model="seke-simulator", train_config=TRAIN)
+        first = pipeline_flow(**kwargs)
+        second = pipeline_flow(**kwargs)
+
+    trained = first["finetune"]
+    assert trained["steps"] == 12 and trained["last_loss"] < trained["first_loss"]
+    assert second["export_id"] == first["export_id"]
+    assert second["finetune"]["training_run_id"] == trained["training_run_id"]
+    with session_scope(fresh) as session:
+        export = session.get(Export, first["export_id"])
+        assert export.records == 24 and export.uri.endswith("exports/chain")
+        run = session.get(TrainingRun, trained["training_run_id"])
+        assert run.status == "completed" and run.export_id == export.id and run.device == "cpu"
+        assert session.scalar(select(func.count(TrainingRun.id))) == 1
+        steps = session.scalars(select(Checkpoint.step).where(Checkpoint.training_run_id == run.id).order_by(Checkpoint.step)).all()
+        assert steps == [5, 10, 12]
+        benchmark = session.scalars(select(BenchmarkRun)).one()
+        assert benchmark.training_run_id == run.id and benchmark.status == "completed"
+        feab = session.scalar(select(func.count(Image.id)).where(Image.split == "FEAB"))
+        assert session.scalar(select(func.count(BenchmarkAnswer.id))) == feab == benchmark.scores["n"]
+    # The checkpoint carries its own record (config + data hash).
+    final = fresh.resolved_state_dir / "training" / "chain-finetune" / "output" / "final"
+    assert json.loads((final / "train_config.json").read_text())["train_config"]["max_steps"] == 12
+
+
+def test_benchmark_scores_an_openai_compatible_endpoint(fresh: Settings) -> None:
+    from flows.benchmark import benchmark_flow
+
+    with running_simulator(SimulatorConfig()) as base_url:
+        result = benchmark_flow(name="sim-zero-shot", model="seke-simulator", kind="endpoint", base_url=base_url)
+    scores = result["scores"]
+    assert scores["n"] > 0 and scores["n_unparseable"] == 0
+    assert 0.3 <= scores["expression_accuracy"] <= 1.0
+    assert "GPT-4o* (paper)" in result["table"] and "simulator" in result["table"]
+    assert all(Path(chart).stat().st_size > 1000 for chart in result["charts"])
+    with session_scope(fresh) as session:
+        methods = session.scalars(select(BenchmarkAnswer.parse_method)).all()
+    assert set(methods) <= {"json", "text"}
+
+
+def test_retried_deployment_trigger_does_not_start_a_duplicate() -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.finetune import finetune_flow
+    from flows.pipeline import trigger
+
+    async def create_pool() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="gpu", type="process"), overwrite=True)
+
+    asyncio.run(create_pool())
+    deployment_id = finetune_flow.to_deployment(name="finetune", work_pool_name="gpu").apply()
+    parameters = {"name": "retried", "export_id": 1}
+    first = trigger("finetune", parameters, key="retried:finetune")
+    again = trigger("finetune", parameters, key="retried:finetune")
+    other = trigger("finetune", parameters, key="another:finetune")
+    assert first.id == again.id != other.id
+
+    async def count_runs() -> int:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                sort=FlowRunSort.ID_DESC,
+                limit=10,
+            )
+            return len(runs)
+
+    assert asyncio.run(count_runs()) == 2
