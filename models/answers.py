@@ -11,7 +11,7 @@ not validate is data about the model: callers store it with the reason
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
+from functools import cache
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
@@ -84,7 +84,7 @@ def sample_answer_model(tasks: Iterable[Task | str]) -> type[BaseModel]:
     return _sample_answer_model(_normalise_tasks(tasks))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sample_answer_model(tasks: frozenset[Task]) -> type[BaseModel]:
     if not tasks:
         raise ValueError("a sample answer needs at least one requested task (expression, va, au)")
@@ -96,7 +96,7 @@ def summary_answer_model(missing: Iterable[Task | str]) -> type[BaseModel]:
     return _summary_answer_model(_normalise_tasks(missing))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _summary_answer_model(missing: frozenset[Task]) -> type[BaseModel]:
     fields = _task_fields(missing)
     fields["description"] = (

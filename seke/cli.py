@@ -433,7 +433,7 @@ def demo(
     with progress_bar() as progress:
         for name in READERS:
             task = progress.add_task(f"import {name}", total=counts.get(name))
-            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda: progress.advance(task))
+            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda task=task: progress.advance(task))
             for problem in report.problems:
                 console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
     with session_scope(settings) as session:
