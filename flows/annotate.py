@@ -23,6 +23,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from seke.config import get_settings
@@ -68,11 +69,19 @@ class ProgressReporter:
 
 
 @task(name="annotate-image", task_run_name="image-{image_id}", cache_policy=NO_CACHE, retries=0)
-def annotate_image(image_id: int, annotator: Annotator, progress: ProgressReporter) -> ImageOutcome:
+def annotate_image(
+    image_id: int, annotator: Annotator, progress: ProgressReporter, global_limit: str | None = None
+) -> ImageOutcome:
     reason = annotator.budget.stop_reason()
     if reason:
         return ImageOutcome(image_id, "skipped", reason=reason)
-    outcome = annotator.annotate(image_id)
+    if global_limit:
+        # Coarse cross-process cap (one slot per image, not per call: each slot costs API round trips,
+        # and Prefect's server-side limits were measured to admit well under their caps).
+        with concurrency(global_limit, occupy=1):
+            outcome = annotator.annotate(image_id)
+    else:
+        outcome = annotator.annotate(image_id)
     if outcome.status == "failed":
         get_run_logger().warning("image %s failed: %s", image_id, outcome.reason)
     progress.image_finished(outcome, annotator.budget)
@@ -80,8 +89,17 @@ def annotate_image(image_id: int, annotator: Annotator, progress: ProgressReport
 
 
 @flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
-def annotate_shard(run_name: str, shard: int, image_ids: list[int], annotator: Annotator, progress: ProgressReporter) -> dict[str, int]:
-    futures = annotate_image.map(image_ids, annotator=unmapped(annotator), progress=unmapped(progress))
+def annotate_shard(
+    run_name: str,
+    shard: int,
+    image_ids: list[int],
+    annotator: Annotator,
+    progress: ProgressReporter,
+    global_limit: str | None = None,
+) -> dict[str, int]:
+    futures = annotate_image.map(
+        image_ids, annotator=unmapped(annotator), progress=unmapped(progress), global_limit=unmapped(global_limit)
+    )
     futures.wait()
     counts: dict[str, int] = {}
     for future in futures:
@@ -187,7 +205,7 @@ def annotate_flow(
                 # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
                 runner = ThreadPoolTaskRunner(max_workers=concurrency or settings.concurrency)
                 annotate_shard.with_options(task_runner=runner)(
-                    run_name, shard, todo[start : start + shard_size], annotator, progress
+                    run_name, shard, todo[start : start + shard_size], annotator, progress, settings.prefect_concurrency_limit
                 )
             stop_reason = stop_reason or budget.stop_reason()
         progress.flush(budget)

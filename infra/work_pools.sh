@@ -17,8 +17,9 @@ prefect work-pool set-concurrency-limit gpu 1
 
 # vllm-requests: a coarse cap on model requests in flight across all processes
 # (each process's client-side limiter, SEKE_REQUESTS_PER_MINUTE and
-# SEKE_TOKENS_PER_MINUTE, knows only its own traffic). It acts only where code
-# holds a slot: `with prefect.concurrency.sync.concurrency("vllm-requests"):`.
+# SEKE_TOKENS_PER_MINUTE, knows only its own traffic). Set
+# SEKE_PREFECT_CONCURRENCY_LIMIT=vllm-requests and each image being annotated
+# holds one slot, so the limit caps images in flight across all processes.
 # Keep the fine-grained limiting client-side: measured here, Prefect's
 # server-side limits admit well under their caps.
 limit="${VLLM_REQUESTS_LIMIT:-64}"

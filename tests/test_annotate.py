@@ -255,3 +255,27 @@ def test_readme_provenance_queries_return_rows(fresh: Settings) -> None:
             rows = connection.execute(text(query)).all()
             assert rows, f"README query returned no rows:\n{query}"
     engine.dispose()
+
+
+def test_prefect_global_limit_caps_images_in_flight(fresh: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    async def create_limit() -> None:
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="one-image", limit=1))
+
+    asyncio.run(create_limit())
+    monkeypatch.setenv("SEKE_PREFECT_CONCURRENCY_LIMIT", "one-image")
+    with running_simulator(SimulatorConfig(latency_ms=20)) as base_url:
+        report = run_flow(base_url, "capped", limit=5, concurrency=4)
+    assert report["images"] == {"done": 5}
+    with session_scope(fresh) as session:
+        windows = session.execute(
+            select(VLLMCall.image_id, func.min(VLLMCall.started_at), func.max(VLLMCall.finished_at)).group_by(VLLMCall.image_id)
+        ).all()
+    spans = sorted((start, end) for _, start, end in windows)
+    # With one slot, no image's calls overlap another's, although four threads were free.
+    assert all(previous[1] <= current[0] for previous, current in zip(spans, spans[1:]))
