@@ -8,6 +8,7 @@ F1 bars, a radar like Figure 4) stored in the object store.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,16 @@ from seke.version import code_version
 from tasks.benchmark.charts import au_f1_chart, radar_chart
 from tasks.benchmark.paper import table2_markdown, table_rows
 from tasks.benchmark.prompt import benchmark_prompt
-from tasks.benchmark.runner import answer_with_checkpoint, answer_with_endpoint, answered, feab_items, score_run, store_answer
+from tasks.vllm import VLLMClient, VLLMConfig
+from tasks.benchmark.runner import (
+    answer_with_checkpoint,
+    answer_with_endpoint,
+    answered,
+    feab_items,
+    llm_parser,
+    score_run,
+    store_answer,
+)
 
 SIMULATOR_NOTE = "The model is the offline simulator: these numbers rehearse the pipeline, they are not a real model's quality."
 
@@ -54,15 +64,21 @@ def benchmark_flow(
     batch_size: int = 8,
     max_new_tokens: int = 200,
     concurrency: int = 8,
+    parser_model: str | None = None,
 ) -> dict[str, Any]:
-    """Score `model` on FEAB; re-running a name resumes its unanswered images."""
-    from tasks.vllm import VLLMClient, VLLMConfig
+    """Score `model` on FEAB; re-running a name resumes its unanswered images.
 
+    `parser_model` (a model at `base_url` / SEKE_VLLM_BASE_URL) re-reads answers that
+    neither the JSON nor the text parser could read, as in the paper's Appendix C.
+    """
     logger = get_run_logger()
     settings = get_settings()
     sessions, store = session_factory(settings), open_store(settings)
     prompt = benchmark_prompt()
-    config = {"kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "base_url": base_url}
+    config = {
+        "kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "base_url": base_url, "parser_model": parser_model,
+    }  # fmt: skip
     with sessions.begin() as session:
         session.execute(
             insert(Prompt)
@@ -84,16 +100,24 @@ def benchmark_flow(
         raise ValueError("no FEAB images: import data and run `seke split` first")
     logger.info("benchmark %s: %s of %s FEAB images to answer with %s", name, len(todo), len(items), model)
 
-    def on_answer(item, text: str) -> None:
-        store_answer(sessions, run_id, item.image_id, text)
+    def client_for(model_name: str) -> VLLMClient:
+        config = VLLMConfig.from_settings(settings, base_url=base_url, model=model_name)
+        return VLLMClient(config.model_copy(update={"structured_output": False}))
 
-    if todo and kind == "endpoint":
-        endpoint = VLLMConfig.from_settings(settings, base_url=base_url, model=model).model_copy(update={"structured_output": False})
-        with VLLMClient(endpoint) as client:
+    with ExitStack() as stack:
+        fallback = llm_parser(stack.enter_context(client_for(parser_model))) if parser_model else None
+
+        def on_answer(item, text: str) -> None:
+            store_answer(sessions, run_id, item.image_id, text, fallback)
+
+        if todo and kind == "endpoint":
+            client = stack.enter_context(client_for(model))
             answer_with_endpoint(todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer)
-    elif todo:
-        model_dir = _local_model(model, settings.resolved_state_dir / "cache" / "models", store)
-        answer_with_checkpoint(todo, store=store, model_dir=model_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, on_answer=on_answer)
+        elif todo:
+            model_dir = _local_model(model, settings.resolved_state_dir / "cache" / "models", store)
+            answer_with_checkpoint(
+                todo, store=store, model_dir=model_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, on_answer=on_answer
+            )
 
     with sessions.begin() as session:
         scores = score_run(session, run_id, items)

@@ -115,3 +115,19 @@ def test_retried_deployment_trigger_does_not_start_a_duplicate() -> None:
             return len(runs)
 
     assert asyncio.run(count_runs()) == 2
+
+
+def test_answers_no_parser_can_read_go_to_the_llm_parser(fresh: Settings, tmp_path: Path) -> None:
+    from flows.benchmark import benchmark_flow
+    from tasks.train.tiny import build_tiny_llava
+
+    # An untrained model babbles: neither the JSON nor the text parser can read it.
+    untrained = build_tiny_llava(tmp_path / "untrained", ["a plain sentence about nothing in particular"] * 20)
+    with running_simulator(SimulatorConfig()) as base_url:
+        result = benchmark_flow(
+            name="untrained", model=str(untrained), base_url=base_url, parser_model="seke-simulator", limit=4, max_new_tokens=16
+        )
+    with session_scope(fresh) as session:
+        methods = session.scalars(select(BenchmarkAnswer.parse_method)).all()
+    assert methods == ["llm"] * 4
+    assert result["scores"]["n_unparseable"] == 0

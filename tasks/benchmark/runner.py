@@ -23,8 +23,8 @@ from models.labels import FaceLabels, Split
 from models.orm import BenchmarkAnswer, HumanLabel, Image
 from seke.store import ObjectStore
 from tasks.benchmark.metrics import BenchmarkScores, score
-from tasks.benchmark.parse import ParsedAnswer, parse_answer
-from tasks.benchmark.prompt import benchmark_prompt
+from tasks.benchmark.parse import ParsedAnswer, parse_answer, parse_with_llm
+from tasks.benchmark.prompt import answer_extraction_prompt, benchmark_prompt
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,17 @@ def answered(session: Session, benchmark_run_id: int) -> set[int]:
     return set(session.scalars(select(BenchmarkAnswer.image_id).where(BenchmarkAnswer.benchmark_run_id == benchmark_run_id)))
 
 
-def store_answer(sessions: sessionmaker[Session], benchmark_run_id: int, image_id: int, raw_text: str) -> ParsedAnswer:
+def store_answer(
+    sessions: sessionmaker[Session],
+    benchmark_run_id: int,
+    image_id: int,
+    raw_text: str,
+    fallback: Callable[[str], ParsedAnswer] | None = None,
+) -> ParsedAnswer:
+    """Parse (JSON, then text; `fallback`, e.g. the LLM parser, for what neither could read) and store."""
     parsed = parse_answer(raw_text)
+    if parsed.method == "none" and fallback is not None:
+        parsed = fallback(raw_text)
     with sessions.begin() as session:
         session.execute(
             insert(BenchmarkAnswer)
@@ -72,6 +81,21 @@ class _AnyAnswer(BaseModel):
     """Benchmark answers are free text, parsed by tasks.benchmark.parse; the client must not reject them."""
 
     model_config = ConfigDict(extra="allow")
+
+
+def llm_parser(client) -> Callable[[str], ParsedAnswer]:
+    """The paper's Appendix C route: an LLM behind `client` rewrites an answer into the fixed template."""
+
+    def parse(raw_text: str) -> ParsedAnswer:
+        prompt = answer_extraction_prompt(raw_text)
+        return parse_with_llm(
+            raw_text,
+            lambda _text: client.complete(
+                "parse", prompt, image=None, answer_model=_AnyAnswer, temperature=0.0, seed=0, max_tokens=400
+            ).raw_text,
+        )
+
+    return parse
 
 
 def answer_with_endpoint(
