@@ -364,6 +364,7 @@ def benchmark(
     endpoint: Annotated[bool, typer.Option(help="Score an OpenAI-compatible endpoint (SEKE_VLLM_BASE_URL or --base-url).")] = False,
     base_url: Annotated[str | None, typer.Option(help="Endpoint URL, overriding SEKE_VLLM_BASE_URL.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score at most the first N FEAB images.")] = None,
+    parser_model: Annotated[str | None, typer.Option(help="Endpoint model that re-reads answers no parser could read.")] = None,
 ) -> None:
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
     _prefect_defaults()
@@ -373,8 +374,9 @@ def benchmark(
     _ready(settings)
     run_name = name or "feab-" + model.replace("/", "-").replace(":", "-")
     result = benchmark_flow(
-        name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit
-    )
+        name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit,
+        parser_model=parser_model,
+    )  # fmt: skip
     console.print(result["table"])
     console.print(f"charts: {', '.join(result['charts'])}")
 
