@@ -143,4 +143,10 @@ def benchmark_flow(
         markdown + "\n\nCharts: " + ", ".join(chart_uris) + f"\n\nUnparseable answers: {scores.n_unparseable} of {scores.n}",
         key=f"{key}-report",
     )
-    return {"benchmark_run_id": run_id, "scores": scores.model_dump(mode="json"), "table": markdown, "charts": [str(c) for c in charts]}
+    return {
+        "benchmark_run_id": run_id,
+        "scores": scores.model_dump(mode="json"),
+        "table": markdown,
+        "rows": table_rows([(label, scores)]),
+        "charts": [str(c) for c in charts],
+    }
