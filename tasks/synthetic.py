@@ -83,7 +83,9 @@ def _clip(value: float) -> float:
 def sample_labels(rng: random.Random, expression: Expression | None = None) -> FaceLabels:
     """Full labels (expression, VA, all 17 AUs) for one face, from the emotion knowledge."""
     chosen: Expression = expression or rng.choice(EXPRESSIONS)  # type: ignore[assignment]
-    prototype = set(EXPRESSION_AUS[chosen])
+    prototype = EXPRESSION_AUS[chosen]
+    # Draw over the tuples, never over a set: set order follows the hash seed, which would
+    # make the same seed give different faces in different processes.
     active = {au for au in prototype if rng.random() >= P_DROP_PROTOTYPE_AU}
     active |= {au for au in OPTIONAL_EXPRESSION_AUS.get(chosen, ()) if rng.random() < P_OPTIONAL_AU}
     active |= {au for au in ACTION_UNITS if au not in prototype and rng.random() < P_EXTRA_AU}

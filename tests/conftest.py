@@ -126,3 +126,13 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic faces in all eight layouts (one set per test module)."""
+    from tasks.demo_data import write_demo_data
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_data(root, n=100, seed=11)
+    return root

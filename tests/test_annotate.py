@@ -20,48 +20,16 @@ from sqlalchemy import create_engine, func, select, text
 
 from models.labels import Split
 from models.orm import Annotation, HumanLabel, Image, Run, RunImage, UAMCStep, VLLMCall
-from models.schemas import SOURCES
 from seke.config import Settings
-from seke.db import session_factory, session_scope
-from seke.migrate import upgrade
+from seke.db import session_scope
 from seke.simulator import SimulatorConfig, running_simulator
 from seke.store import open_store
 from tasks.annotate import AnnotateConfig
-from tasks.demo_data import write_demo_data
-from tasks.importers import READERS, ImportOptions
-from tasks.ingest import ingest
-from tasks.split import assign_splits
 from tasks.uamc import UAMCConfig
-from tests.conftest import create_database
+from tests.helpers import prepared_settings, use
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def prepared_settings(admin_url: str, root: Path, demo: Path) -> Settings:
-    """A new database + store holding the demo data, imported and split."""
-    settings = Settings(database_url=create_database(admin_url), state_dir=root / "state", store_url=(root / "store").as_uri())
-    upgrade(settings)
-    sessions, store = session_factory(settings), open_store(settings)
-    for name in SOURCES:
-        ingest(READERS[name](demo / name, ImportOptions()), demo / name, sessions, store)
-    with session_scope(settings) as session:
-        assign_splits(session, seed=0)
-    return settings
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    write_demo_data(root, n=100, seed=11)
-    return root
-
-
-def use(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the flow (which reads settings from the environment) at `settings`."""
-    monkeypatch.setenv("SEKE_DATABASE_URL", settings.database_url.get_secret_value())
-    monkeypatch.setenv("SEKE_STORE_URL", settings.store_url)
-    monkeypatch.setenv("SEKE_STATE_DIR", str(settings.state_dir))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from seke.config import Settings
 from seke.db import session_scope
 from seke.simulator import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
-from tests.test_annotate import prepared_settings, use
+from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
