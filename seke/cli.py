@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markdown import Markdown
 from rich.table import Table
 
 from models.schemas import SOURCES
@@ -483,3 +484,22 @@ def demo(
         "before `seke demo`; its runs then show at http://127.0.0.1:4200"
     )
     console.print("[yellow]All model answers came from the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
+
+
+@app.command()
+def audit(
+    name: Annotated[str, typer.Option(help="Audit name; its 12 runs are named after it. Re-running resumes.")],
+    limit: Annotated[int, typer.Option(min=1, help="Images with all three human descriptions to audit.")] = 20,
+    seed: int = 0,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,
+) -> None:
+    """Reliability audit (paper §4.5.2): mask one human description, regenerate it, compare — for each
+    Table 4 setting (prior on/off × UAMC on/off). Judge a model/prompt version before a full run."""
+    _prefect_defaults()
+    from flows.audit import audit_flow
+
+    settings = get_settings()
+    _ready(settings)
+    with _endpoint(settings) as (base_url, model):
+        result = audit_flow(name=name, limit=limit, base_url=base_url, model=model, seed=seed, concurrency=concurrency)
+    console.print(Markdown(result["table"]))
