@@ -66,12 +66,15 @@ def fingerprint(settings: Settings, run_name: str) -> tuple[list, list]:
     return [tuple(row) for row in calls], [tuple(row) for row in steps]
 
 
-def test_clean_run_annotates_every_feid_image_and_keeps_human_labels(fresh: Settings) -> None:
+def test_clean_run_annotates_every_feid_image_and_keeps_human_labels(fresh: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEKE_VLLM_API_KEY", "sk-never-stored")
     with running_simulator(SimulatorConfig()) as base_url:
         report = run_flow(base_url, "clean", limit=30)
     assert report["status"] == "completed"
     assert report["images"] == {"done": 30}
     with session_scope(fresh) as session:
+        stored = session.execute(text("SELECT config::text || request_params::text FROM runs, vllm_calls LIMIT 50")).scalars().all()
+        assert stored and not any("sk-never-stored" in row for row in stored)
         run_id = session.scalar(select(Run.id).where(Run.name == "clean"))
         assert session.scalar(select(func.count()).select_from(RunImage).join(Image, Image.id == RunImage.image_id).where(Image.split != Split.FEID.value)) == 0
         # Every human label is kept, with human provenance, untouched.
