@@ -252,10 +252,13 @@ def runs_ls() -> None:
 
     settings = get_settings()
     _ready(settings)
-    table = Table("id", "name", "kind", "status", "model", "created", "stop reason")
+    table = Table(title="runs, newest first")
+    for column in ("name", "kind", "status", "model", "created"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("stop reason", overflow="fold")
     with session_scope(settings) as session:
         for run in session.scalars(select(Run).order_by(Run.id.desc())):
-            table.add_row(str(run.id), run.name, run.kind, run.status, run.model, f"{run.created_at:%Y-%m-%d %H:%M}", run.stop_reason or "")
+            table.add_row(run.name, run.kind, run.status, run.model, f"{run.created_at:%m-%d %H:%M}", run.stop_reason or "")
     console.print(table)
 
 
