@@ -242,6 +242,16 @@ def _print_report(report: dict) -> None:
     console.print(table)
 
 
+def _find_run(session, name: str, hint: str):
+    """The run named `name`, or a usage error listing recent runs."""
+    from tasks.runs import find_run
+
+    try:
+        return find_run(session, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
 @runs_app.command("ls")
 def runs_ls() -> None:
     """List runs, newest first."""
@@ -268,16 +278,12 @@ def runs_show(name: str) -> None:
     from dataclasses import asdict
 
     from seke.db import session_scope
-    from tasks.runs import find_run, run_report
+    from tasks.runs import run_report
 
     settings = get_settings()
     _ready(settings)
     with session_scope(settings) as session:
-        try:
-            run = find_run(session, name)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="NAME") from exc
-        _print_report(asdict(run_report(session, run.id)))
+        _print_report(asdict(run_report(session, _find_run(session, name, "NAME").id)))
 
 
 @app.command()
@@ -290,15 +296,11 @@ def export(
     from seke.db import session_scope
     from seke.store import open_store
     from tasks.export import record_export
-    from tasks.runs import find_run
 
     settings = get_settings()
     _ready(settings)
     with session_scope(settings) as session:
-        try:
-            run_row = find_run(session, run)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="RUN") from exc
+        run_row = _find_run(session, run, "RUN")
         target = out or settings.resolved_state_dir / "exports" / run
         export_id, result = record_export(session, open_store(settings), run_row.id, target, copy_images=not reference_images)
     console.print(f"[green]{result.records} instructions[/green] exported to {result.path} (export id {export_id})")
