@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.runtime import task_run
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -68,10 +69,12 @@ class ProgressReporter:
         )
 
 
-@task(name="annotate-image", task_run_name="image-{image_id}", cache_policy=NO_CACHE, retries=0)
-def annotate_image(
-    image_id: int, annotator: Annotator, progress: ProgressReporter, global_limit: str | None = None
-) -> ImageOutcome:
+def _task_run_name() -> str:
+    ids = task_run.parameters["image_ids"]
+    return f"image-{ids[0]}" if len(ids) == 1 else f"images-{ids[0]}-to-{ids[-1]}"
+
+
+def _annotate_one(image_id: int, annotator: Annotator, progress: ProgressReporter, global_limit: str | None) -> ImageOutcome:
     reason = annotator.budget.stop_reason()
     if reason:
         return ImageOutcome(image_id, "skipped", reason=reason)
@@ -88,6 +91,15 @@ def annotate_image(
     return outcome
 
 
+@task(name="annotate-image", task_run_name=_task_run_name, cache_policy=NO_CACHE, retries=0)
+def annotate_images(
+    image_ids: list[int], annotator: Annotator, progress: ProgressReporter, global_limit: str | None = None
+) -> list[ImageOutcome]:
+    """One image per task run by default (the UI shows each image); several, one after another, to
+    spend Prefect's per-task cost (~30 ms of CPU, bench/README.md) on more than one image."""
+    return [_annotate_one(image_id, annotator, progress, global_limit) for image_id in image_ids]
+
+
 @flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
 def annotate_shard(
     run_name: str,
@@ -96,15 +108,17 @@ def annotate_shard(
     annotator: Annotator,
     progress: ProgressReporter,
     global_limit: str | None = None,
+    images_per_task: int = 1,
 ) -> dict[str, int]:
-    futures = annotate_image.map(
-        image_ids, annotator=unmapped(annotator), progress=unmapped(progress), global_limit=unmapped(global_limit)
+    batches = [image_ids[i : i + images_per_task] for i in range(0, len(image_ids), images_per_task)]
+    futures = annotate_images.map(
+        batches, annotator=unmapped(annotator), progress=unmapped(progress), global_limit=unmapped(global_limit)
     )
     futures.wait()
     counts: dict[str, int] = {}
     for future in futures:
-        outcome = future.result()
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        for outcome in future.result():
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
     return counts
 
 
@@ -149,6 +163,7 @@ def annotate_flow(
     max_cost_usd: float | None = None,
     concurrency: int | None = None,
     shard_size: int = 1000,
+    images_per_task: int = 1,
     base_url: str | None = None,
     model: str | None = None,
     image_ids: list[int] | None = None,
@@ -205,7 +220,13 @@ def annotate_flow(
                 # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
                 runner = ThreadPoolTaskRunner(max_workers=concurrency or settings.concurrency)
                 annotate_shard.with_options(task_runner=runner)(
-                    run_name, shard, todo[start : start + shard_size], annotator, progress, settings.prefect_concurrency_limit
+                    run_name,
+                    shard,
+                    todo[start : start + shard_size],
+                    annotator,
+                    progress,
+                    settings.prefect_concurrency_limit,
+                    images_per_task,
                 )
             stop_reason = stop_reason or budget.stop_reason()
         progress.flush(budget)

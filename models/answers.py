@@ -112,6 +112,7 @@ class RewriteAnswer(_AnswerBase):
     answer: NonEmptyText = Field(description="the answer to the question, in fluent prose")
 
 
+@cache  # built once per answer model: rebuilding it cost ~2 ms per call (bench/README.md); callers must not mutate it
 def json_schema_for(model: type[BaseModel], *, strict: bool = True) -> dict[str, Any]:
     """`response_format` for OpenAI-compatible structured output (type json_schema)."""
     return {

@@ -197,6 +197,7 @@ def annotate(
     max_cost: Annotated[float | None, typer.Option(min=0, help="Stop starting new images after this many dollars.")] = None,
     concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per Prefect sub-flow.")] = 1000,
+    images_per_task: Annotated[int, typer.Option(min=1, help="Images per Prefect task run (1: each image shows in the UI).")] = 1,
     seed: int = 0,
     no_prior: Annotated[bool, typer.Option("--no-prior", help="Ablation: no human labels or knowledge in prompts.")] = False,
     no_uamc: Annotated[bool, typer.Option("--no-uamc", help="Ablation: one sample per image.")] = False,
@@ -220,6 +221,7 @@ def annotate(
             max_cost_usd=max_cost,
             concurrency=concurrency,
             shard_size=shard_size,
+            images_per_task=images_per_task,
             base_url=base_url,
             model=model,
         )

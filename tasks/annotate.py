@@ -100,6 +100,18 @@ class ImageOutcome:
     new_calls: int = 0
 
 
+@dataclass(frozen=True)
+class StoredCall:
+    """What the procedure needs of a persisted call (a plain object, safe across threads)."""
+
+    id: int
+    stage: str
+    sample_index: int
+    valid: bool
+    parsed: dict[str, Any] | None
+    error: str | None
+
+
 class ImageFailed(Exception):
     """Ends one image with a reason; the run goes on."""
 
@@ -113,9 +125,10 @@ def _sub_seed(*parts: object) -> int:
 class _ImageState:
     """Stored calls of one image in one run, consumed in order by the replay."""
 
-    calls: dict[tuple[str, int], VLLMCall]
+    calls: dict[tuple[str, int], StoredCall]
     steps: set[int]
     next_index: dict[str, int] = field(default_factory=lambda: {s: 0 for s in DB_STAGE.values()})
+    marked_sampling: bool = False
 
 
 class Annotator:
@@ -139,6 +152,7 @@ class Annotator:
         self.store = store
         self.client = client
         self.budget = budget
+        self._known_prompts: set[str] = set()
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -148,8 +162,10 @@ class Annotator:
             if image is None:
                 raise ImageFailed(f"image {image_id} is not in the database")
             labels = session.scalars(select(HumanLabel).where(HumanLabel.image_id == image_id)).all()
-            calls = session.scalars(
-                select(VLLMCall).where(VLLMCall.run_id == self.run_id, VLLMCall.image_id == image_id)
+            calls = session.execute(
+                select(
+                    VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.parsed, VLLMCall.error
+                ).where(VLLMCall.run_id == self.run_id, VLLMCall.image_id == image_id)
             ).all()
             steps = session.scalars(
                 select(UAMCStep.step).where(UAMCStep.run_id == self.run_id, UAMCStep.image_id == image_id)
@@ -157,43 +173,58 @@ class Annotator:
         masked = {f for task in self.config.tasks_to_mask for f in fields_of(task)}
         kept = [label for label in labels if label.field not in masked]
         known = FaceLabels.from_field_values({label.field: label.value for label in kept})
-        state = _ImageState(calls={(c.stage, c.sample_index): c for c in calls}, steps=set(steps))
+        state = _ImageState(
+            calls={(c.stage, c.sample_index): StoredCall(*c) for c in calls}, steps=set(steps), marked_sampling=bool(calls)
+        )
         return image, known, {label.field: label.id for label in kept}, state
 
-    def _persist_call(self, image_id: int, stage: str, index: int, prompt: RenderedPrompt, result: CallResult) -> VLLMCall:
-        """The call and its prompt in one transaction (style guide §7)."""
+    def _persist_call(
+        self, image_id: int, stage: str, index: int, prompt: RenderedPrompt, result: CallResult, state: _ImageState
+    ) -> StoredCall:
+        """The call (and its prompt, the first time this process sees it) in one transaction (style guide §7).
+
+        Core inserts, not ORM objects: this runs for every call and was a measured
+        share of the flow's client CPU (bench/README.md).
+        """
         with self.sessions.begin() as session:
-            session.execute(
-                insert(Prompt)
-                .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
-                .on_conflict_do_nothing(index_elements=["sha256"])
-            )
-            call = VLLMCall(
-                run_id=self.run_id,
-                image_id=image_id,
-                stage=stage,
-                sample_index=index,
-                prompt_sha256=prompt.sha256,
-                request_params=result.request_params,
-                raw_text=result.raw_text,
-                parsed=result.parsed,
-                valid=result.valid,
-                error=result.error,
-                tokens_in=result.tokens_in,
-                tokens_out=result.tokens_out,
-                cost_usd=Decimal(str(round(result.cost_usd, 6))),
-                latency_s=result.latency_s,
-                attempts=result.attempts,
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-            )
-            session.add(call)
-            session.execute(
-                update(RunImage)
-                .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id, RunImage.status == "pending")
-                .values(status="sampling")
-            )
-        return call
+            if prompt.sha256 not in self._known_prompts:
+                session.execute(
+                    insert(Prompt)
+                    .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
+                    .on_conflict_do_nothing(index_elements=["sha256"])
+                )
+            call_id = session.execute(
+                insert(VLLMCall)
+                .values(
+                    run_id=self.run_id,
+                    image_id=image_id,
+                    stage=stage,
+                    sample_index=index,
+                    prompt_sha256=prompt.sha256,
+                    request_params=result.request_params,
+                    raw_text=result.raw_text,
+                    parsed=result.parsed,
+                    valid=result.valid,
+                    error=result.error,
+                    tokens_in=result.tokens_in,
+                    tokens_out=result.tokens_out,
+                    cost_usd=Decimal(str(round(result.cost_usd, 6))),
+                    latency_s=result.latency_s,
+                    attempts=result.attempts,
+                    started_at=result.started_at,
+                    finished_at=result.finished_at,
+                )
+                .returning(VLLMCall.id)
+            ).scalar_one()
+            if not state.marked_sampling:
+                session.execute(
+                    update(RunImage)
+                    .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id, RunImage.status == "pending")
+                    .values(status="sampling")
+                )
+        self._known_prompts.add(prompt.sha256)  # set.add is atomic under the GIL; a race only repeats an upsert
+        state.marked_sampling = True
+        return StoredCall(call_id, stage, index, result.valid, result.parsed, result.error)
 
     def _persist_step(self, image_id: int, step: Step, state: _ImageState) -> None:
         if step.step in state.steps:
@@ -220,7 +251,7 @@ class Annotator:
 
     def _call(
         self, image: Image, data: bytes, state: _ImageState, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel]
-    ) -> tuple[VLLMCall, bool]:
+    ) -> tuple[StoredCall, bool]:
         """The next call of `stage` for this image: the stored one if the replay has it, else a new one."""
         db_stage = DB_STAGE[stage]
         index = state.next_index[db_stage]
@@ -245,11 +276,11 @@ class Annotator:
             self.budget.abort(f"endpoint refused a request: {exc}")
             raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
         self.budget.add(result)
-        return self._persist_call(image.id, db_stage, index, prompt, result), True
+        return self._persist_call(image.id, db_stage, index, prompt, result, state), True
 
     def _valid_answer(
         self, image: Image, data: bytes, state: _ImageState, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel], invalid: list[str]
-    ) -> tuple[VLLMCall, int]:
+    ) -> tuple[StoredCall, int]:
         """Calls until a valid answer; the image fails after `max_invalid` invalid answers of any stage."""
         new_calls = 0
         while True:
@@ -325,7 +356,7 @@ class Annotator:
         description = str(summary.get("description", ""))
 
         template_id, question = choose_question(_sub_seed(self.config.seed, self.run_name, image.sha256, "question"))
-        rewrite_call: VLLMCall | None = None
+        rewrite_call: StoredCall | None = None
         if self.config.rewrite_with_llm:
             rewrite_call, made = self._valid_answer(
                 image, data, state, REWRITE_STAGE, rewrite_prompt(question, final, description), RewriteAnswer, invalid
@@ -361,24 +392,24 @@ class Annotator:
         """Final annotations, the instruction and the image's status: one transaction, so all or nothing."""
         template_id, question, answer, description, rewrite_call_id = instruction
         with self.sessions.begin() as session:
-            for name, value in final.field_values().items():
-                human = name in human_ids
-                task = task_of(name)
-                session.execute(
-                    insert(Annotation)
-                    .values(
-                        run_id=self.run_id,
-                        image_id=image_id,
-                        field=name,
-                        provenance="human" if human else "generated",
-                        human_label_id=human_ids.get(name),
-                        summary_call_id=None if human else summary_call_id,
-                        uncertainty=None if human else uncertainty.get(task),
-                        samples_used=None if human else samples_used,
-                        **label_columns(value),
-                    )
-                    .on_conflict_do_nothing(index_elements=["run_id", "image_id", "field"])
-                )
+            rows = [
+                {
+                    "run_id": self.run_id,
+                    "image_id": image_id,
+                    "field": name,
+                    "provenance": "human" if name in human_ids else "generated",
+                    "human_label_id": human_ids.get(name),
+                    "summary_call_id": None if name in human_ids else summary_call_id,
+                    "uncertainty": None if name in human_ids else uncertainty.get(task_of(name)),
+                    "samples_used": None if name in human_ids else samples_used,
+                    **label_columns(value),
+                }
+                for name, value in final.field_values().items()
+            ]
+            # One multi-row statement: 20 single-row inserts per image were a measured hot spot.
+            session.execute(
+                insert(Annotation).values(rows).on_conflict_do_nothing(index_elements=["run_id", "image_id", "field"])
+            )
             session.execute(
                 insert(Instruction)
                 .values(

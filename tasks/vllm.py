@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 import io
 import json
 import math
@@ -143,8 +144,11 @@ class PermanentCallError(RuntimeError):
 # --- images ---
 
 
+# Each image is sent 3-7 times (samples, summary, rewrite); decoding and hashing it once is enough.
+# 64 entries cover the images in flight at the default concurrency of 32.
+@lru_cache(maxsize=64)
 def encode_image(image: bytes, max_side: int) -> tuple[str, dict[str, Any]]:
-    """(data URL, metadata). Sends the original bytes unless a side exceeds `max_side`."""
+    """(data URL, metadata). Sends the original bytes unless a side exceeds `max_side`. Do not mutate the result."""
     try:
         with Image.open(io.BytesIO(image)) as img:
             fmt = (img.format or "").upper()

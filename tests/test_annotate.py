@@ -250,3 +250,27 @@ def test_prefect_global_limit_caps_images_in_flight(fresh: Settings, monkeypatch
     spans = sorted((start, end) for _, start, end in windows)
     # With one slot, no image's calls overlap another's, although four threads were free.
     assert all(previous[1] <= current[0] for previous, current in zip(spans, spans[1:]))
+
+
+def test_several_images_per_task_run(fresh: Settings) -> None:
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with running_simulator(SimulatorConfig()) as base_url:
+        report = run_flow(base_url, "batched", limit=8, images_per_task=4)
+    assert report["images"] == {"done": 8}
+    with session_scope(fresh) as session:
+        ids = session.scalars(select(RunImage.image_id).order_by(RunImage.image_id)).all()
+
+    async def names() -> set[str]:
+        async with get_client() as client:
+            wanted = [f"images-{ids[0]}-to-{ids[3]}", f"images-{ids[4]}-to-{ids[7]}"]
+            runs = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=wanted)), sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=10
+            )
+            return {run.name for run in runs}
+
+    assert asyncio.run(names()) == {f"images-{ids[0]}-to-{ids[3]}", f"images-{ids[4]}-to-{ids[7]}"}
