@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200.0, help="the simulator's fixed latency per call")
     parser.add_argument("--concurrency", type=int, default=32, help="images in flight, both sides")
     parser.add_argument("--shard-size", type=int, default=1000, help="the flow's images per sub-flow")
+    parser.add_argument("--images-per-task", type=int, default=1, help="the flow's images per Prefect task run")
     parser.add_argument(
         "--keep-rate-limits",
         action="store_true",
@@ -216,6 +217,7 @@ def main() -> None:
                     model=simulator.model,
                     concurrency=args.concurrency,
                     shard_size=args.shard_size,
+                    images_per_task=args.images_per_task,
                 )
             flow_s = time.perf_counter() - started
             end_epoch = start_epoch + flow_s

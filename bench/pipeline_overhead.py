@@ -151,7 +151,7 @@ def serial_db_writes(settings, count: int) -> tuple[float, float, CpuMeter]:
 
     from models.orm import Image
     from seke.db import session_factory
-    from tasks.annotate import AnnotateConfig, Annotator, Budget
+    from tasks.annotate import AnnotateConfig, Annotator, Budget, _ImageState
     from tasks.prompts import RenderedPrompt
     from tasks.runs import open_run
     from tasks.vllm import CallResult
@@ -179,8 +179,9 @@ def serial_db_writes(settings, count: int) -> tuple[float, float, CpuMeter]:
     database_url = settings.database_url.get_secret_value()
     with CpuMeter(None, database_url) as cpu:
         wall, thread_cpu = time.perf_counter(), time.thread_time()
+        state = _ImageState(calls={}, steps=set())
         for index in range(count):
-            annotator._persist_call(image_id, "prior-sample", index, prompt, result)
+            annotator._persist_call(image_id, "prior-sample", index, prompt, result, state)
         wall, thread_cpu = time.perf_counter() - wall, time.thread_time() - thread_cpu
     return 1000 * wall / count, 1000 * thread_cpu / count, cpu
 
@@ -201,6 +202,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--images-per-task", type=int, default=1, help="images per Prefect task run")
     parser.add_argument("--no-rewrite", action="store_true", help="assemble answers without the rewrite call")
     parser.add_argument("--db-writes", type=int, default=1000, help="serial call rows written in measurement 3")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also cProfile N images on one thread")
@@ -253,6 +255,7 @@ def main() -> None:
                         report = annotate_flow(
                             run_name=run_name, config=config, base_url=simulator.base_url, model=simulator.model,
                             concurrency=args.concurrency, shard_size=args.shard_size,
+                            images_per_task=args.images_per_task,
                         )
                     else:
                         report = annotate_on_threads(

@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=5, help="N for both policies")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="demo data and run seed")
+    parser.add_argument("--normaliser", choices=("fixed", "attainable"), default="fixed", help="UAMC's uncertainty normaliser")
     args = parser.parse_args()
     os.environ["SEKE_REQUESTS_PER_MINUTE"] = str(10**9)  # loopback: the tier limits are not what is measured
     os.environ["SEKE_TOKENS_PER_MINUTE"] = str(10**12)
@@ -156,7 +157,9 @@ def main() -> None:
     from tasks.uamc import UAMCConfig
 
     policies = {
-        f"UAMC (start 2, N={args.max_samples})": UAMCConfig(max_samples=args.max_samples),
+        f"UAMC (start 2, N={args.max_samples}, {args.normaliser})": UAMCConfig(
+            max_samples=args.max_samples, normaliser=args.normaliser
+        ),
         f"fixed {args.max_samples}": UAMCConfig(start_samples=args.max_samples, max_samples=args.max_samples),
     }
     print(SIMULATOR_NOTE)
