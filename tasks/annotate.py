@@ -366,13 +366,16 @@ class Annotator:
         else:
             answer = deterministic_answer(final, description)
 
-        uncertainty = last_step.uncertainties if last_step else (normalised_uncertainties(missing, samples) if len(samples) > 1 else {})
+        if last_step is not None:
+            uncertainty = last_step.uncertainties
+        else:  # UAMC off: the spread of the sample(s) drawn, if there are two to compare
+            uncertainty = normalised_uncertainties(missing, samples) if len(samples) > 1 else {}
         self._finish(
             image.id,
             final=final,
             human_ids=human_ids,
             summary_call_id=summary_call.id,
-            uncertainty={t: u for t, u in uncertainty.items()},
+            uncertainty=uncertainty,
             samples_used=len(samples),
             instruction=(template_id, question, answer, description, rewrite_call.id if rewrite_call else None),
         )
