@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 
 from models.orm import Checkpoint, Export, TrainingRun
 from seke.config import Settings, get_settings
@@ -138,22 +139,32 @@ def finetune_flow(
         output_dir = work / "output"
         if not (output_dir.exists() and checkpoint_dirs(output_dir)):
             _restore_latest_checkpoint(sessions, store, run_id, name, output_dir)
-        uploaded = {p.name for p in checkpoint_dirs(output_dir)} if output_dir.exists() else set()
+        with sessions() as session:
+            recorded = select(Checkpoint.step).where(Checkpoint.training_run_id == run_id)
+            uploaded = {f"checkpoint-{step}" for step in session.scalars(recorded)}
 
-        def on_step(log: StepLog) -> None:
-            if log.step == 1 or log.step % 10 == 0 or log.step == log.total_steps:
-                logger.info("step %s/%s loss %.4f lr %.2e", log.step, log.total_steps, log.loss, log.learning_rate)
+        def push_new_checkpoints() -> None:
+            """Upload checkpoints as they appear, so a new machine can resume from the store."""
             for checkpoint in checkpoint_dirs(output_dir):
                 if checkpoint.name in uploaded:
                     continue
                 uri = upload_dir(store, checkpoint, _model_prefix(name, checkpoint.name))
                 step = int(checkpoint.name.rsplit("-", 1)[1])
                 with sessions.begin() as session:
-                    session.add(Checkpoint(training_run_id=run_id, step=step, uri=uri))
+                    session.execute(
+                        insert(Checkpoint)
+                        .values(training_run_id=run_id, step=step, uri=uri)
+                        .on_conflict_do_nothing(index_elements=["training_run_id", "step"])
+                    )
                 uploaded.add(checkpoint.name)
 
+        def on_step(log: StepLog) -> None:
+            if log.step == 1 or log.step % 10 == 0 or log.step == log.total_steps:
+                logger.info("step %s/%s loss %.4f lr %.2e", log.step, log.total_steps, log.loss, log.learning_rate)
+            push_new_checkpoints()
+
         trained = finetune(config, export_dir, base_dir, output_dir, resume=True, progress=on_step)
-        on_step(StepLog(trained.steps, trained.steps, trained.last_loss, 0.0, trained.tokens_seen, 0.0))
+        push_new_checkpoints()  # the checkpoint written after the last step
         final_uri = upload_dir(store, trained.final_dir, _model_prefix(name, "final"))
         result = {
             "training_run_id": run_id,
