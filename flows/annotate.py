@@ -27,6 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from sqlalchemy import func, select
+
+from models.orm import RunImage
 from seke.config import get_settings
 from seke.db import get_engine, session_factory
 from seke.store import open_store
@@ -196,7 +199,7 @@ def annotate_flow(
     with run_lock(get_engine(settings), run_id, run_name):
         with sessions() as session:
             todo = unfinished_images(session, run_id)
-            total = sum(run_report(session, run_id).images.values())
+            total = session.scalar(select(func.count()).where(RunImage.run_id == run_id))
             budget = Budget(*spent(session, run_id), max_calls, max_cost_usd)
         logger.info("run %s (id %s): %s of %s images to annotate", run_name, run_id, len(todo), total)
         progress = ProgressReporter(

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 
-from models.orm import BenchmarkRun, Prompt
+from flows.finetune import local_checkpoint
+from models.orm import BenchmarkRun
 from seke.config import get_settings
 from seke.db import session_factory
-from seke.store import ObjectStore, download_prefix, open_store
+from seke.store import open_store
 from seke.version import code_version
+from tasks.annotate import store_prompt
 from tasks.benchmark.charts import au_f1_chart, radar_chart
 from tasks.benchmark.paper import table2_markdown, table_rows
 from tasks.benchmark.prompt import benchmark_prompt
@@ -37,20 +37,6 @@ from tasks.benchmark.runner import (
 )
 
 SIMULATOR_NOTE = "The model is the offline simulator: these numbers rehearse the pipeline, they are not a real model's quality."
-
-
-def _local_model(model: str, cache: Path, store: ObjectStore) -> Path:
-    """A checkpoint directory: `store:<prefix>` is fetched once into the cache, anything else is a path."""
-    if model.startswith("store:"):
-        prefix = model.removeprefix("store:")
-        local = cache / prefix.replace("/", "__")
-        if not (local / "config.json").exists():
-            download_prefix(store, prefix, local)
-        return local
-    path = Path(model).expanduser()
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"checkpoint {model!r} has no config.json; pass a model directory or store:<prefix>")
-    return path
 
 
 @flow(name="benchmark", flow_run_name="benchmark-{name}")
@@ -80,11 +66,7 @@ def benchmark_flow(
         "base_url": base_url, "parser_model": parser_model,
     }  # fmt: skip
     with sessions.begin() as session:
-        session.execute(
-            insert(Prompt)
-            .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
-            .on_conflict_do_nothing(index_elements=["sha256"])
-        )
+        store_prompt(session, prompt)
         run = session.scalars(select(BenchmarkRun).where(BenchmarkRun.name == name)).one_or_none()
         if run is None:
             run = BenchmarkRun(
@@ -95,7 +77,8 @@ def benchmark_flow(
             session.flush()
         run_id = run.id
         items = feab_items(session, limit)
-        todo = [item for item in items if item.image_id not in answered(session, run_id)]
+        done = answered(session, run_id)
+        todo = [item for item in items if item.image_id not in done]
     if not items:
         raise ValueError("no FEAB images: import data and run `seke split` first")
     logger.info("benchmark %s: %s of %s FEAB images to answer with %s", name, len(todo), len(items), model)
@@ -114,7 +97,7 @@ def benchmark_flow(
             client = stack.enter_context(client_for(model))
             answer_with_endpoint(todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer)
         elif todo:
-            model_dir = _local_model(model, settings.resolved_state_dir / "cache" / "models", store)
+            model_dir = local_checkpoint(model, store, settings.resolved_state_dir / "cache" / "models")
             answer_with_checkpoint(
                 todo, store=store, model_dir=model_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, on_answer=on_answer
             )

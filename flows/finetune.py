@@ -43,7 +43,29 @@ def fetch_export(store: ObjectStore, export: Export, cache: Path) -> Path:
     return local
 
 
-def resolve_base_model(base_model: str | None, *, store: ObjectStore, work: Path, name: str, export_dir: Path) -> tuple[Path, str]:
+STORE_PREFIX = "store:"
+
+
+def local_checkpoint(spec: str, store: ObjectStore, cache: Path) -> Path:
+    """A checkpoint directory from `store:<prefix>` (fetched once into `cache`) or a local path."""
+    if spec.startswith(STORE_PREFIX):
+        prefix = spec.removeprefix(STORE_PREFIX)
+        local = cache / prefix.replace("/", "__")
+        if not (local / "config.json").exists():
+            download_prefix(store, prefix, local)
+        return local
+    path = Path(spec).expanduser().resolve()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"checkpoint {spec!r} has no config.json: pass a local LLaVA-OneVision checkpoint directory, "
+            f"or {STORE_PREFIX}<prefix> for one in the object store"
+        )
+    return path
+
+
+def resolve_base_model(
+    base_model: str | None, *, store: ObjectStore, work: Path, cache: Path, name: str, export_dir: Path
+) -> tuple[Path, str]:
     """(local dir, recorded name) of the base checkpoint.
 
     None builds the tiny LLaVA-OneVision (the embedded default: no hub here) and
@@ -63,19 +85,10 @@ def resolve_base_model(base_model: str | None, *, store: ObjectStore, work: Path
                 build_tiny_llava(local, corpus)
                 upload_dir(store, local, prefix)
         return local, f"tiny-llava-onevision ({store.uri(prefix)})"
-    if base_model.startswith("store:"):
-        prefix = base_model.removeprefix("store:")
-        local = work / "base"
-        if not (local / "config.json").exists():
-            download_prefix(store, prefix, local)
-        return local, store.uri(prefix)
-    path = Path(base_model).expanduser()
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"base model {base_model!r} has no config.json: pass a local LLaVA-OneVision checkpoint directory, "
-            "or store:<prefix> for one in the object store"
-        )
-    return path.resolve(), str(path.resolve())
+    local = local_checkpoint(base_model, store, cache)
+    if base_model.startswith(STORE_PREFIX):
+        return local, store.uri(base_model.removeprefix(STORE_PREFIX))
+    return local, str(local)
 
 
 def _open_training_run(settings: Settings, name: str, export_id: int, config: dict[str, Any]) -> tuple[int, dict | None]:
@@ -135,7 +148,10 @@ def finetune_flow(
         with sessions() as session:
             export = session.get(Export, export_id)
             export_dir = fetch_export(store, export, settings.resolved_state_dir / "cache")
-        base_dir, base_name = resolve_base_model(base_model, store=store, work=work, name=name, export_dir=export_dir)
+        base_dir, base_name = resolve_base_model(
+            base_model, store=store, work=work, cache=settings.resolved_state_dir / "cache" / "models", name=name,
+            export_dir=export_dir,
+        )  # fmt: skip
         output_dir = work / "output"
         if not (output_dir.exists() and checkpoint_dirs(output_dir)):
             _restore_latest_checkpoint(sessions, store, run_id, name, output_dir)
@@ -169,7 +185,7 @@ def finetune_flow(
         result = {
             "training_run_id": run_id,
             "final_uri": final_uri,
-            "final_model": f"store:{_model_prefix(name, 'final')}",
+            "final_model": STORE_PREFIX + _model_prefix(name, "final"),
             "steps": trained.steps,
             "first_loss": trained.first_loss,
             "last_loss": trained.last_loss,

@@ -116,6 +116,15 @@ class ImageFailed(Exception):
     """Ends one image with a reason; the run goes on."""
 
 
+def store_prompt(session: Session, prompt: RenderedPrompt) -> None:
+    """A rendered prompt, stored once under its sha256 (calls and benchmark runs refer to it)."""
+    session.execute(
+        insert(Prompt)
+        .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
+        .on_conflict_do_nothing(index_elements=["sha256"])
+    )
+
+
 def _sub_seed(*parts: object) -> int:
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "big")
@@ -188,11 +197,7 @@ class Annotator:
         """
         with self.sessions.begin() as session:
             if prompt.sha256 not in self._known_prompts:
-                session.execute(
-                    insert(Prompt)
-                    .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
-                    .on_conflict_do_nothing(index_elements=["sha256"])
-                )
+                store_prompt(session, prompt)
             call_id = session.execute(
                 insert(VLLMCall)
                 .values(
