@@ -79,7 +79,7 @@ def child(size: int, base_url: str, model: str, shard_size: int, concurrency: in
     import psutil
 
     from flows.annotate import annotate_flow
-    from seke.config import Settings
+    from core.config import Settings
     from tasks.annotate import AnnotateConfig
 
     config = AnnotateConfig(rewrite_with_llm=False)

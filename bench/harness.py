@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:  # run as `python bench/<name>.py` from a checkout
 
 from models.labels import ACTION_UNITS, FaceLabels, Split  # noqa: E402
 from models.schemas import ImportCandidate  # noqa: E402
-from seke.config import Settings  # noqa: E402
+from core.config import Settings  # noqa: E402
 
 SIMULATOR_NOTE = (
     "Endpoint: the seke simulator, an offline REHEARSAL endpoint, not a real model. "
@@ -95,7 +95,7 @@ def postgres_admin_url() -> Iterator[str]:
 
 def new_settings(admin_url: str, root: Path) -> Settings:
     """A new, migrated database and an empty local store under `root`."""
-    from seke.migrate import upgrade
+    from core.migrate import upgrade
 
     name = f"seke_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -121,8 +121,8 @@ def ingest_synthetic(settings: Settings, root: Path, n: int, *, seed: int = 0) -
     Three images per subject; known labels follow KNOWN_PATTERNS. About 5 ms an
     image on 2 cores (render ~1 ms, validate, store, one transaction).
     """
-    from seke.db import session_factory
-    from seke.store import open_store
+    from core.db import session_factory
+    from core.store import open_store
     from tasks.ingest import ingest
     from tasks.synthetic import render, sample_labels
 
@@ -151,8 +151,8 @@ def ingest_synthetic(settings: Settings, root: Path, n: int, *, seed: int = 0) -
 def ingest_demo_data(settings: Settings, root: Path, n: int, *, seed: int = 0) -> None:
     """tasks.demo_data in all eight layouts, imported and split by subject (as the tests prepare it)."""
     from models.schemas import SOURCES
-    from seke.db import session_factory, session_scope
-    from seke.store import open_store
+    from core.db import session_factory, session_scope
+    from core.store import open_store
     from tasks.demo_data import write_demo_data
     from tasks.importers import READERS, ImportOptions
     from tasks.ingest import ingest
@@ -260,7 +260,7 @@ def database_run_counts(settings: Settings, run_name: str) -> dict[str, int]:
     from sqlalchemy import func, select
 
     from models.orm import Run, RunImage
-    from seke.db import session_scope
+    from core.db import session_scope
 
     with session_scope(settings) as session:
         rows = session.execute(
@@ -283,9 +283,9 @@ def annotate_on_threads(
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import asdict
 
-    from seke.db import session_factory
-    from seke.store import open_store
-    from seke.version import code_version
+    from core.db import session_factory
+    from core.store import open_store
+    from core.version import code_version
     from tasks.annotate import Annotator, Budget
     from tasks.runs import close_run, open_run, run_report, unfinished_images
     from tasks.vllm import VLLMClient, VLLMConfig

@@ -75,8 +75,8 @@ def call_plans(settings, run_name: str) -> list[ImagePlan]:
 
     from models.answers import RewriteAnswer, json_schema_for, sample_answer_model, summary_answer_model
     from models.orm import Image, Prompt, Run, VLLMCall
-    from seke.db import session_scope
-    from seke.store import open_store
+    from core.db import session_scope
+    from core.store import open_store
     from tasks.prompts import requested_tasks_in
 
     store = open_store(settings)
@@ -155,7 +155,7 @@ def flow_call_window(settings, run_name: str) -> tuple[float, float]:
     from sqlalchemy import func, select
 
     from models.orm import Run, VLLMCall
-    from seke.db import session_scope
+    from core.db import session_scope
 
     with session_scope(settings) as session:
         first, last = session.execute(

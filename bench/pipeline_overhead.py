@@ -111,9 +111,9 @@ def profile_serial(settings, base_url: str, model: str, config, images: int, top
     import io
     import pstats
 
-    from seke.db import session_factory
-    from seke.store import open_store
-    from seke.version import code_version
+    from core.db import session_factory
+    from core.store import open_store
+    from core.version import code_version
     from tasks.annotate import Annotator, Budget
     from tasks.runs import open_run, unfinished_images
     from tasks.vllm import VLLMClient, VLLMConfig
@@ -150,7 +150,7 @@ def serial_db_writes(settings, count: int) -> tuple[float, float, CpuMeter]:
     from sqlalchemy import select
 
     from models.orm import Image
-    from seke.db import session_factory
+    from core.db import session_factory
     from tasks.annotate import AnnotateConfig, Annotator, Budget, _ImageState
     from tasks.prompts import RenderedPrompt
     from tasks.runs import open_run

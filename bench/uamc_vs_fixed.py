@@ -48,7 +48,7 @@ def feid_images_with_missing(settings) -> list[int]:
 
     from models.labels import FaceLabels, Split
     from models.orm import HumanLabel, Image
-    from seke.db import session_scope
+    from core.db import session_scope
 
     with session_scope(settings) as session:
         ids = list(session.scalars(select(Image.id).where(Image.split == Split.FEID.value).order_by(Image.id)))
@@ -66,8 +66,8 @@ def scored_run(settings, run_name: str) -> dict:
 
     from models.labels import ACTION_UNITS
     from models.orm import Annotation, Image, Run, RunImage, VLLMCall
-    from seke.db import session_scope
-    from seke.store import open_store
+    from core.db import session_scope
+    from core.store import open_store
     from tasks.groundtruth import read_ground_truth
 
     store = open_store(settings)

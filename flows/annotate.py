@@ -30,10 +30,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy import func, select
 
 from models.orm import RunImage
-from seke.config import get_settings
-from seke.db import get_engine, session_factory
-from seke.store import open_store
-from seke.version import code_version
+from core.config import get_settings
+from core.db import get_engine, session_factory
+from core.store import open_store
+from core.version import code_version
 from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome, spent
 from tasks.runs import RunReport, close_run, open_run, run_lock, run_report, unfinished_images
 from tasks.vllm import VLLMClient, VLLMConfig

@@ -20,8 +20,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.annotate import annotate_flow
 from models.labels import Task
-from seke.config import get_settings
-from seke.db import session_factory
+from core.config import get_settings
+from core.db import session_factory
 from tasks.annotate import AnnotateConfig
 from tasks.audit import ABLATIONS, AblationResult, ablation_result, ablation_table, agreement, complete_images
 from tasks.uamc import UAMCConfig

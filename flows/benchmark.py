@@ -17,10 +17,10 @@ from sqlalchemy import select
 
 from flows.finetune import local_checkpoint
 from models.orm import BenchmarkRun
-from seke.config import get_settings
-from seke.db import session_factory
-from seke.store import open_store
-from seke.version import code_version
+from core.config import get_settings
+from core.db import session_factory
+from core.store import open_store
+from core.version import code_version
 from tasks.annotate import store_prompt
 from tasks.benchmark.charts import au_f1_chart, radar_chart
 from tasks.benchmark.paper import table2_markdown, table_rows

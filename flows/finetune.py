@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from models.orm import Checkpoint, Export, TrainingRun
-from seke.config import Settings, get_settings
-from seke.db import session_factory
-from seke.store import ObjectStore, download_prefix, open_store, upload_dir
-from seke.version import code_version
+from core.config import Settings, get_settings
+from core.db import session_factory
+from core.store import ObjectStore, download_prefix, open_store, upload_dir
+from core.version import code_version
 
 
 def _model_prefix(name: str, part: str) -> str:

@@ -22,9 +22,9 @@ from flows.annotate import annotate_flow
 from flows.benchmark import benchmark_flow
 from flows.finetune import finetune_flow
 from models.orm import Export, Instruction, Run
-from seke.config import get_settings
-from seke.db import session_factory
-from seke.store import open_store
+from core.config import get_settings
+from core.db import session_factory
+from core.store import open_store
 from tasks.annotate import AnnotateConfig
 from tasks.export import record_export
 

@@ -14,8 +14,8 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from seke.config import Settings
-    from seke.db import database_url
+    from core.config import Settings
+    from core.db import database_url
 
     return database_url(Settings())
 

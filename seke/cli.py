@@ -14,10 +14,10 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from models.schemas import SOURCES
-from seke.config import Settings, get_settings
+from core.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from seke.simulator import SimulatorConfig
+    from simulator.server import SimulatorConfig
 
 app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -42,7 +42,7 @@ def progress_bar() -> Progress:
 
 def _ready(settings: Settings) -> None:
     """Bring the schema to head: every command works on a fresh state directory."""
-    from seke.migrate import upgrade
+    from core.migrate import upgrade
 
     upgrade(settings)
 
@@ -50,8 +50,8 @@ def _ready(settings: Settings) -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply Alembic migrations (creates the schema on an empty database)."""
-    from seke.db import display_url
-    from seke.migrate import upgrade
+    from core.db import display_url
+    from core.migrate import upgrade
 
     settings = get_settings()
     upgrade(settings, revision)
@@ -68,8 +68,8 @@ def import_(
     frames_dir: Annotated[Path | None, typer.Option(help="Extracted video frames, if not in the default place.")] = None,
 ) -> None:
     """Import a dataset in its native layout: validate, store images, record human labels."""
-    from seke.db import session_factory
-    from seke.store import open_store
+    from core.db import session_factory
+    from core.store import open_store
     from tasks.importers import READERS, ImportOptions
     from tasks.ingest import ingest
 
@@ -103,7 +103,7 @@ def split(
     fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of each source's subjects in FEAB.")] = 0.1,
 ) -> None:
     """Assign subjects to FEID / FEAB (about 1/10 per source to FEAB, no subject on both sides)."""
-    from seke.db import session_scope
+    from core.db import session_scope
     from tasks.split import assign_splits
 
     settings = get_settings()
@@ -135,7 +135,7 @@ def demo_data(
 @images_app.command("stats")
 def images_stats() -> None:
     """Counts per source and split, and how many images carry each description."""
-    from seke.db import session_scope
+    from core.db import session_scope
     from tasks.reports import image_stats
 
     settings = get_settings()
@@ -178,7 +178,7 @@ def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = Non
     if settings.vllm_base_url:
         yield None, None
         return
-    from seke.simulator import SimulatorConfig, running_simulator
+    from simulator.server import SimulatorConfig, running_simulator
 
     config = simulator_config or SimulatorConfig()
     with running_simulator(config) as base_url:
@@ -260,7 +260,7 @@ def runs_ls() -> None:
     from sqlalchemy import select
 
     from models.orm import Run
-    from seke.db import session_scope
+    from core.db import session_scope
 
     settings = get_settings()
     _ready(settings)
@@ -279,7 +279,7 @@ def runs_show(name: str) -> None:
     """A run's status, calls, cost, samples per image, uncertainty and failures."""
     from dataclasses import asdict
 
-    from seke.db import session_scope
+    from core.db import session_scope
     from tasks.runs import run_report
 
     settings = get_settings()
@@ -295,8 +295,8 @@ def export(
     reference_images: Annotated[bool, typer.Option(help="Reference images by store key instead of copying them.")] = False,
 ) -> None:
     """Write a run's FEID as LLaVA JSONL + provenance sidecar + Hugging Face dataset."""
-    from seke.db import session_scope
-    from seke.store import open_store
+    from core.db import session_scope
+    from core.store import open_store
     from tasks.export import record_export
 
     settings = get_settings()
@@ -319,7 +319,7 @@ def simulator_serve(
     seed: int = 0,
 ) -> None:
     """Serve the simulator (OpenAI-compatible, /v1/chat/completions) for offline rehearsal."""
-    from seke.simulator import SimulatorConfig, serve
+    from simulator.server import SimulatorConfig, serve
 
     config = SimulatorConfig(
         latency_ms=latency_ms,
@@ -440,8 +440,8 @@ def demo(
     export → fine-tune a tiny LLaVA-OneVision on CPU → FEAB benchmark. Safe to re-run: every step resumes."""
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
-    from seke.db import display_url, session_factory, session_scope
-    from seke.store import open_store
+    from core.db import display_url, session_factory, session_scope
+    from core.store import open_store
     from tasks.demo_data import write_demo_data
     from tasks.importers import READERS, ImportOptions
     from tasks.ingest import ingest

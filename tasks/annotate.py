@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Task, fields_of, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
-from seke.store import ObjectStore, StoreError
+from core.store import ObjectStore, StoreError
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
 from tasks.prompts import (

@@ -26,8 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
-from seke.store import ObjectStore, upload_dir
-from seke.version import code_version
+from core.store import ObjectStore, upload_dir
+from core.version import code_version
 
 
 @dataclass(frozen=True)

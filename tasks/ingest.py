@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.orm import HumanLabel, Image, SourceDataset, Subject, label_columns
 from models.schemas import ImportCandidate, ImportProblem
-from seke.store import ObjectStore, image_key
+from core.store import ObjectStore, image_key
 from tasks.images import ImageInfo, InvalidImage, load_candidate_bytes, validate_image
 
 

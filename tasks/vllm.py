@@ -35,7 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from models.answers import json_schema_for
-from seke.config import Settings
+from core.config import Settings
 from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
 from tasks.ratelimit import RateLimiter
 

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from models.orm import Base
-from seke.config import Settings
+from core.config import Settings
 
 
 def free_port() -> int:
@@ -63,7 +63,7 @@ def create_database(admin_url: str) -> str:
 @pytest.fixture(scope="session")
 def database_url(postgres_admin_url: str) -> str:
     """A migrated database shared by the session (tests clean it with `clean_db`)."""
-    from seke.migrate import upgrade
+    from core.migrate import upgrade
 
     url = create_database(postgres_admin_url)
     upgrade(Settings(database_url=url))

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from models.schemas import SOURCES
-from seke.config import Settings
-from seke.db import session_factory, session_scope
-from seke.migrate import upgrade
-from seke.store import open_store
+from core.config import Settings
+from core.db import session_factory, session_scope
+from core.migrate import upgrade
+from core.store import open_store
 from tasks.importers import READERS, ImportOptions
 from tasks.ingest import ingest
 from tasks.split import assign_splits

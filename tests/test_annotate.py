@@ -20,10 +20,10 @@ from sqlalchemy import create_engine, func, select, text
 
 from models.labels import Split
 from models.orm import Annotation, HumanLabel, Image, Run, RunImage, UAMCStep, VLLMCall
-from seke.config import Settings
-from seke.db import session_scope
-from seke.simulator import SimulatorConfig, running_simulator
-from seke.store import open_store
+from core.config import Settings
+from core.db import session_scope
+from simulator.server import SimulatorConfig, running_simulator
+from core.store import open_store
 from tasks.annotate import AnnotateConfig
 from tasks.uamc import UAMCConfig
 from tests.helpers import prepared_settings, use

@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 
 from models.labels import ACTION_UNITS, Task, fields_of
 from models.orm import Annotation, HumanLabel, Image, Run, RunImage, SourceDataset, VLLMCall
-from seke.config import Settings
-from seke.db import session_scope
-from seke.simulator import SimulatorConfig, running_simulator
+from core.config import Settings
+from core.db import session_scope
+from simulator.server import SimulatorConfig, running_simulator
 from tasks.audit import ABLATIONS, compare, complete_images
 from tests.helpers import prepared_settings, use
 
@@ -94,7 +94,7 @@ def test_audit_runs_every_setting_and_task_and_keeps_human_labels(audited: tuple
 
 
 def test_prior_knowledge_does_not_lower_expression_agreement(audited: tuple[Settings, dict, list[tuple]]) -> None:
-    # The simulator pulls its belief toward what the known VA and AUs imply (seke/simulator_model.py), so on the
+    # The simulator pulls its belief toward what the known VA and AUs imply (simulator/model.py), so on the
     # same images regenerating the expression with the prior must agree at least as often as without it, and
     # more often over both UAMC settings (the sample seeds do not depend on the prior, so a prior the
     # simulator ignored would give equal accuracies without UAMC and this sum would not rise).

@@ -1,6 +1,6 @@
 """Settings: URL normalisation, and secrets that never leak into reprs, snapshots or run records."""
 
-from seke.config import Settings
+from core.config import Settings
 from tasks.vllm import VLLMConfig
 
 

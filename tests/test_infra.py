@@ -2,7 +2,7 @@
 
 No Docker engine runs here, so these read the files and hold them to what the
 stack needs to start and to agree with the code: pinned images, settings
-that `seke.config.Settings` knows, health-gated start order, the GPU worker
+that `core.config.Settings` knows, health-gated start order, the GPU worker
 behind its profile, deployments that point at real flows on the pools the
 workers serve.
 """
@@ -22,7 +22,7 @@ import prefect
 import pytest
 import yaml
 
-from seke.config import Settings
+from core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -107,7 +107,7 @@ def test_services_set_only_real_seke_settings(compose: dict) -> None:
         for key in (service.get("environment") or {})
         if key.startswith("SEKE_") and key.removeprefix("SEKE_").lower() not in fields
     }
-    assert not unknown, f"not fields of seke.config.Settings: {sorted(unknown)}"
+    assert not unknown, f"not fields of core.config.Settings: {sorted(unknown)}"
 
 
 @pytest.mark.parametrize("service", OUR_SERVICES)

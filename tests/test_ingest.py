@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from models.labels import FaceLabels, Split
 from models.orm import HumanLabel, Image, Subject
 from models.schemas import SOURCES, ImportCandidate
-from seke.config import Settings
-from seke.db import session_factory, session_scope
-from seke.store import open_store
+from core.config import Settings
+from core.db import session_factory, session_scope
+from core.store import open_store
 from tasks.demo_data import write_demo_data
 from tasks.groundtruth import read_ground_truth
 from tasks.importers import READERS, ImportOptions

@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from models.orm import Base
-from seke.config import Settings
-from seke.migrate import downgrade, upgrade
+from core.config import Settings
+from core.migrate import downgrade, upgrade
 from tests.conftest import create_database
 
 

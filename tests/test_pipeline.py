@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from models.orm import BenchmarkAnswer, BenchmarkRun, Checkpoint, Export, Image, TrainingRun
-from seke.config import Settings
-from seke.db import session_scope
-from seke.simulator import SimulatorConfig, running_simulator
+from core.config import Settings
+from core.db import session_scope
+from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
 from tests.helpers import prepared_settings, use
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from models.answers import RewriteAnswer, sample_answer_model, summary_answer_model
 from models.knowledge import EXPRESSION_AUS, EXPRESSION_VA, OPTIONAL_EXPRESSION_AUS
 from models.labels import ACTION_UNITS, EXPRESSIONS, FaceLabels, Task, task_of
-from seke.simulator import SimulatorConfig, running_simulator
+from simulator.server import SimulatorConfig, running_simulator
 from tasks.groundtruth import save_with_ground_truth
 from tasks.prompts import prior_prompt, rewrite_prompt, summary_prompt
 from tasks.vllm import CallResult, VLLMClient, VLLMConfig

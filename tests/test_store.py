@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from seke.config import Settings
-from seke.store import StoreError, image_key, open_store
+from core.config import Settings
+from core.store import StoreError, image_key, open_store
 
 
 @pytest.fixture(params=["local", "s3"])

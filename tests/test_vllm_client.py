@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from models.answers import RewriteAnswer, sample_answer_model
 from models.labels import ACTION_UNITS, FaceLabels, Task
-from seke.simulator import SimulatorConfig, running_simulator
+from simulator.server import SimulatorConfig, running_simulator
 from tasks.groundtruth import save_with_ground_truth
 from tasks.prompts import prior_prompt, rewrite_prompt
 from tasks.vllm import (

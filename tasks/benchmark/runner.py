@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.labels import FaceLabels, Split
 from models.orm import BenchmarkAnswer, HumanLabel, Image
-from seke.store import ObjectStore
+from core.store import ObjectStore
 from tasks.benchmark.metrics import BenchmarkScores, score
 from tasks.benchmark.parse import ParsedAnswer, parse_answer, parse_with_llm
 from tasks.benchmark.prompt import answer_extraction_prompt, benchmark_prompt

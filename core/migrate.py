@@ -8,8 +8,8 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
-from seke.config import Settings
-from seke.db import database_url
+from core.config import Settings
+from core.db import database_url
 
 
 def alembic_config(url: str) -> Config:

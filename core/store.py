@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from seke.config import Settings
+from core.config import Settings
 
 
 def image_key(sha256: str, fmt: str) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from seke.config import Settings
+from core.config import Settings
 
 DATABASE_NAME = "seke"
 log = logging.getLogger(__name__)

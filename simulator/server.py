@@ -5,7 +5,7 @@ failure handling without a network: every response names itself
 (`model` "seke-simulator", `system_fingerprint` "seke-simulator"), and its
 quality numbers must never be reported as a model's. Answers come from the
 ground truth embedded in synthetic images, corrupted with noise calibrated to
-GPT-4o (see seke/simulator_model.py), or from the prompt's prior knowledge.
+GPT-4o (see simulator/model.py), or from the prompt's prior knowledge.
 
 Endpoints: POST /v1/chat/completions, GET /v1/models. Faults (latency,
 429 with Retry-After, 5xx, malformed output) are drawn per request from
@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from models.labels import FaceLabels, Task
-from seke import simulator_model as sim
+from simulator import model as sim
 from tasks import prompts
 from tasks.groundtruth import read_ground_truth
 from tasks.vllm import estimate_text_tokens, image_tokens
