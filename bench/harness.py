@@ -150,11 +150,10 @@ def ingest_synthetic(settings: Settings, root: Path, n: int, *, seed: int = 0) -
 
 def ingest_demo_data(settings: Settings, root: Path, n: int, *, seed: int = 0) -> None:
     """tasks.demo_data in all eight layouts, imported and split by subject (as the tests prepare it)."""
-    from models.schemas import SOURCES
     from core.db import session_factory, session_scope
     from core.store import open_store
     from tasks.demo_data import write_demo_data
-    from tasks.importers import READERS, ImportOptions
+    from tasks.importers import READERS, SOURCES, ImportOptions
     from tasks.ingest import ingest
     from tasks.split import assign_splits
 

@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
-from models.schemas import SOURCES
 from core.config import Settings, get_settings
+from tasks.importers import IMPORTERS
 
 if TYPE_CHECKING:
+    from tasks.ingest import IngestReport
     from simulator.server import SimulatorConfig
 
 app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
@@ -60,7 +62,7 @@ def db_upgrade(revision: str = "head") -> None:
 
 @app.command("import")
 def import_(
-    format: Annotated[str, typer.Argument(help=f"one of: {', '.join(SOURCES)}")],
+    format: Annotated[str, typer.Argument(help="one of: " + ", ".join(f"{i.name} ({i.title})" for i in IMPORTERS.values()))],
     path: Annotated[Path, typer.Argument(exists=True, file_okay=True, dir_okay=True)],
     frame_stride: Annotated[int, typer.Option(min=1, help="Video sources: keep every k-th frame.")] = 1,
     au_threshold: Annotated[int, typer.Option(min=0, max=5, help="DISFA: intensity at which an AU occurs.")] = 2,
@@ -89,12 +91,21 @@ def import_(
             open_store(settings),
             on_item=lambda: progress.advance(task),
         )
+    _print_import_report(report)
+
+
+def _print_import_report(report: IngestReport) -> None:
+    """Every problem with its kind, then one summary line: refused counts only what was not imported."""
+    for problem in report.problems:
+        colour = "red" if problem.kind == "refused" else "yellow"
+        console.print(f"[{colour}]{problem.kind}[/{colour}] {escape(str(problem))}", highlight=False)
+    causes = ", ".join(f"{cause}: {count}" for cause, count in report.refused_by_cause().most_common())
     console.print(
         f"[green]{report.imported} images imported[/green], {report.labels} human labels, "
-        f"{report.already_present} already present, {len(report.problems)} refused"
+        f"{report.already_present} already present, {len(report.refused)} refused"
+        + (f" ({causes})" if causes else "")
+        + f", {len(report.dropped)} values dropped"
     )
-    for problem in report.problems:
-        console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
 
 
 @app.command()
@@ -118,11 +129,11 @@ def split(
 
 @app.command("demo-data")
 def demo_data(
-    out: Annotated[Path, typer.Argument(help="Folder to write the eight layouts into.")],
-    n: Annotated[int, typer.Option("--n", min=8, help="Number of faces in total.")] = 200,
+    out: Annotated[Path, typer.Argument(help="Folder to write one sub-folder per layout into.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="About this many faces (each layout gets its weight's share, at least one).")] = 200,
     seed: int = 0,
 ) -> None:
-    """Write synthetic faces in the native layouts of the six datasets, a folder and a manifest."""
+    """Write synthetic faces in the native layout of every importer with a demo writer."""
     from tasks.demo_data import write_demo_data
 
     counts = write_demo_data(out, n=n, seed=seed)
@@ -451,7 +462,7 @@ def demo(
     _ready(settings)
     state = settings.resolved_state_dir
     data = state / "demo-data"
-    console.rule("1. synthetic faces in the six datasets' native layouts")
+    console.rule("1. synthetic faces in every importer's native layout")
     counts = write_demo_data(data, n=n, seed=0)
     console.print(f"{sum(counts.values())} faces written to {data}")
     console.rule("2. import (validate, store, record human labels) and subject split")
@@ -461,7 +472,7 @@ def demo(
             task = progress.add_task(f"import {name}", total=counts.get(name))
             report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda task=task: progress.advance(task))
             for problem in report.problems:
-                console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
+                console.print(f"[yellow]{problem.kind}[/yellow] {escape(str(problem))}", highlight=False)
     with session_scope(settings) as session:
         assign_splits(session, seed=0)
     images_stats()

@@ -32,6 +32,19 @@ class IngestReport:
     problems: list[ImportProblem] = field(default_factory=list)
     per_source: Counter[str] = field(default_factory=Counter)
 
+    @property
+    def refused(self) -> list[ImportProblem]:
+        """Files and records not imported."""
+        return [problem for problem in self.problems if problem.kind == "refused"]
+
+    @property
+    def dropped(self) -> list[ImportProblem]:
+        """Values left missing on images that were imported."""
+        return [problem for problem in self.problems if problem.kind == "dropped"]
+
+    def refused_by_cause(self) -> Counter[str]:
+        return Counter(problem.cause for problem in self.refused)
+
 
 def _get_or_create_source(session: Session, name: str) -> int:
     session.execute(insert(SourceDataset).values(name=name).on_conflict_do_nothing(index_elements=["name"]))
@@ -106,8 +119,8 @@ def ingest(
         try:
             data = load_candidate_bytes(item, root)
             info = validate_image(data, name=str(item.path))
-        except (InvalidImage, OSError) as exc:
-            report.problems.append(ImportProblem(item.path, str(exc)))
+        except InvalidImage as exc:
+            report.problems.append(ImportProblem(item.path, exc.reason, "refused", cause=exc.cause))
             continue
         key = image_key(info.sha256, info.format)
         # Object first: if the transaction below fails, the stored object is complete

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from models.schemas import SOURCES
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.migrate import upgrade
 from core.store import open_store
-from tasks.importers import READERS, ImportOptions
+from tasks.importers import READERS, SOURCES, ImportOptions
 from tasks.ingest import ingest
 from tasks.split import assign_splits
 from tests.conftest import create_database

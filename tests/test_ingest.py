@@ -11,13 +11,13 @@ from sqlalchemy import func, select
 
 from models.labels import FaceLabels, Split
 from models.orm import HumanLabel, Image, Subject
-from models.schemas import SOURCES, ImportCandidate
+from models.schemas import ImportCandidate
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.store import open_store
 from tasks.demo_data import write_demo_data
 from tasks.groundtruth import read_ground_truth
-from tasks.importers import READERS, ImportOptions
+from tasks.importers import READERS, SOURCES, ImportOptions
 from tasks.ingest import ingest
 from tasks.split import assign_splits, feab_target
 
@@ -125,9 +125,15 @@ def test_bad_files_are_refused_alone_and_leave_nothing_behind(settings: Settings
     ]
     report = ingest(candidates, tmp_path, session_factory(settings), open_store(settings))
     assert report.imported == 1
-    refused = {problem.path.name: problem.reason for problem in report.problems}
+    refused = {problem.file.name: problem for problem in report.problems}
     assert set(refused) == {*bad_files, "missing.png"}
-    assert all(name in reason or "missing" in reason or "No such file" in reason for name, reason in refused.items())
+    assert {name: problem.cause for name, problem in refused.items()} == {
+        "empty.png": "empty file",
+        "truncated.png": "corrupt image",
+        "notes.png": "not an image",
+        "missing.png": "unreadable",
+    }
+    assert all(problem.kind == "refused" and name not in problem.reason for name, problem in refused.items())
     with session_scope(settings) as session:
         assert session.scalar(select(func.count(Image.id))) == 1
         assert session.scalar(select(func.count(HumanLabel.id))) == 1

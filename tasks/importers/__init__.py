@@ -1,10 +1,17 @@
-"""Importers: one module per source layout, each `read(root, options)`.
+"""Importers: one module per source layout, each defining `IMPORTER = Importer(...)`.
+
+The registry below is found, not written: every module of this package whose
+name does not start with "_" is imported and its `IMPORTER` registered, so a
+new layout is one module (reader, optional demo writer, its `Importer`) plus
+its test and a row in the README's format table. The CLI, the demo data and
+the docs test all read `IMPORTERS`.
 
 Every reader yields `ImportCandidate`s (an image path and the labels its source
 gives) and `ImportProblem`s (a record it refused or a value it dropped, with
 file, line, field and reason); the import goes on after a problem. Readers only
 look at label files and check that images exist: ingest decodes and validates
-the bytes (tasks/images.py).
+the bytes (tasks/images.py). Readers list and read only inside the import root
+(or an explicit `frames_dir`): a symlink leading out of it is refused, not followed.
 
 Paths in candidates and problems are relative to the import base: `root`
 itself, or for a manifest given as a file, the manifest's folder (see
@@ -14,45 +21,31 @@ their absolute path. Invalid codes never become labels: they are MISSING.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import importlib
+import pkgutil
 
-from models.labels import DEFAULT_AU_INTENSITY_THRESHOLD
-from models.schemas import ImportCandidate, ImportProblem
-from tasks.importers import affectnet, affwild2, bp4d, ckplus, disfa, folder, manifest, rafdb
-from tasks.importers._common import import_base
+from tasks.importers._common import Importer, ImportOptions, Reader, import_base
+
+__all__ = ["IMPORTERS", "READERS", "SOURCES", "ImportOptions", "Importer", "Reader", "import_base"]
 
 
-@dataclass
-class ImportOptions:
-    #: keep every n-th labelled frame of a video source (DISFA, BP4D, Aff-Wild2)
-    frame_stride: int = 1
-    #: DISFA intensity (0-5) at or above which an AU counts as present
-    au_threshold: int = DEFAULT_AU_INTENSITY_THRESHOLD
-    #: AffectNet: store the annotated face box instead of the whole image
-    crop_faces: bool = False
-    #: video sources: where extracted frames live, if not in the default folder
-    frames_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.frame_stride < 1:
-            raise ValueError(f"frame_stride must be 1 or more, got {self.frame_stride}")
-        if not 0 <= self.au_threshold <= 5:
-            raise ValueError(f"au_threshold is a DISFA intensity (0-5), got {self.au_threshold}")
+def _discover() -> dict[str, Importer]:
+    found: dict[str, Importer] = {}
+    for module_info in pkgutil.iter_modules(__path__):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        importer = getattr(module, "IMPORTER", None)
+        if not isinstance(importer, Importer):
+            raise TypeError(f"{module.__name__} defines no IMPORTER = Importer(...)")
+        if importer.name in found:
+            raise ValueError(f"importer name {importer.name!r} is defined twice")
+        found[importer.name] = importer
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
 
 
-Reader = Callable[[Path, ImportOptions], Iterator[ImportCandidate | ImportProblem]]
-
-__all__ = ["READERS", "ImportOptions", "Reader", "import_base"]
-
-READERS: dict[str, Reader] = {
-    "ckplus": ckplus.read,
-    "rafdb": rafdb.read,
-    "affectnet": affectnet.read,
-    "disfa": disfa.read,
-    "bp4d": bp4d.read,
-    "affwild2": affwild2.read,
-    "folder": folder.read,
-    "manifest": manifest.read,
-}
+#: Every importer by name, in listing order.
+IMPORTERS: dict[str, Importer] = _discover()
+#: Source names as stored in the database and typed in `seke import <name>`.
+SOURCES: tuple[str, ...] = tuple(IMPORTERS)
+READERS: dict[str, Reader] = {name: importer.read for name, importer in IMPORTERS.items()}

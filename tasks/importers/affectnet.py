@@ -15,22 +15,33 @@ refuses the image, which is not a face. Valence / arousal in [-1, 1];
 missing. With `crop_faces`, the face box becomes the candidate's crop box.
 
 AffectNet publishes no subject ids (web images), so each image stem is its
-own subject.
+own subject. An image path with '..' or an absolute path is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import random
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from models.labels import Expression, FaceLabels
 from models.schemas import ImportCandidate, ImportProblem
-from tasks.importers._common import label_file, missing_image, parse_number, problem
-
-if TYPE_CHECKING:
-    from tasks.importers import ImportOptions
+from tasks.importers._common import (
+    Importer,
+    ImportOptions,
+    LabelFileError,
+    dropped,
+    glob_files,
+    label_file,
+    missing_image,
+    open_label_text,
+    parse_number,
+    refused,
+    safe_relative,
+)
+from tasks.importers._demo import write_csv, write_image
+from tasks.synthetic import sample_labels
 
 SOURCE = "affectnet"
 COLUMNS = (
@@ -60,38 +71,71 @@ VA_NOT_ANNOTATED = -2.0
 
 
 def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | ImportProblem]:
-    lists = sorted(root.glob("*.csv")) + sorted(root.glob("Manually_Annotated_file_lists/*.csv"))
-    if not lists:
-        yield problem(root, root, "no AffectNet CSV found (expected Manually_Annotated_file_lists/*.csv or *.csv)")
-    for csv_path in lists:
+    top, problems = glob_files(root, "*.csv", root)
+    nested, more = glob_files(root / "Manually_Annotated_file_lists", "*.csv", root)
+    yield from problems + more
+    if not top + nested:
+        reason = "no AffectNet CSV found (expected Manually_Annotated_file_lists/*.csv or *.csv)"
+        yield refused(root, root, reason, cause="no recognised layout")
+    for csv_path in top + nested:
         yield from _read_list(csv_path, root, options)
 
 
+def _rows(reader: csv.DictReader) -> Iterator[dict[str, str] | csv.Error]:
+    """The reader's rows; a malformed row (e.g. a field over the csv module's limit) comes as its error."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
+
+
 def _read_list(csv_path: Path, root: Path, options: ImportOptions) -> Iterator[ImportCandidate | ImportProblem]:
-    with csv_path.open(newline="", encoding="utf-8") as handle:
+    try:
+        handle = open_label_text(csv_path, root)
+    except LabelFileError as exc:
+        yield exc.problem
+        return
+    with handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c != "facial_landmarks"]
+        try:
+            fieldnames = reader.fieldnames or []
+        except csv.Error as exc:
+            yield refused(csv_path, root, f"unreadable CSV header: {exc}", line=1)
+            return
+        missing = [c for c in COLUMNS if c not in fieldnames and c != "facial_landmarks"]
         if missing:
-            yield problem(csv_path, root, f"not an AffectNet list: missing columns {', '.join(missing)}", line=1)
+            yield refused(csv_path, root, f"not an AffectNet list: missing columns {', '.join(missing)}", line=1)
             return
         source_file = label_file(csv_path, root)
-        for row in reader:
+        for row in _rows(reader):
             line = reader.line_num
+            if isinstance(row, csv.Error):
+                yield refused(csv_path, root, f"malformed CSV row ({row}); row skipped", line=line)
+                continue
             name = row["subDirectory_filePath"] or ""
-            image = _image_for(root, name)
+            relative_name = safe_relative(name)
+            if relative_name is None:
+                reason = f"image path {name!r} is empty, absolute or leaves the import root; row skipped"
+                yield refused(csv_path, root, reason, line=line, field="subDirectory_filePath", cause="path escapes the import root")
+                continue
+            image = _image_for(root, str(relative_name))
             if image is None:
                 yield missing_image(root / "Manually_Annotated_Images" / name, csv_path, root, line=line)
                 continue
             code = parse_number(row["expression"] or "")
             if code == NO_FACE_CODE:
-                yield problem(csv_path, root, "AffectNet marks this image as 'no face' (code 10); not imported", line=line)
+                reason = "AffectNet marks this image as 'no face' (code 10); not imported"
+                yield refused(csv_path, root, reason, line=line, cause="not a face")
                 continue
             values: dict[str, object] = {}
             if code is not None and code.is_integer() and int(code) in CODES:
                 values["expression"] = CODES[int(code)]
             elif code is None or code not in NO_EXPRESSION_CODES:
                 reason = f"code {row['expression']!r} is not one of 0-10; left missing"
-                yield problem(csv_path, root, reason, line=line, field="expression")
+                yield dropped(csv_path, root, reason, line=line, field="expression")
             for field in ("valence", "arousal"):
                 value = yield from _va(row[field] or "", csv_path, root, line, field)
                 if value is not None:
@@ -108,8 +152,6 @@ def _read_list(csv_path: Path, root: Path, options: ImportOptions) -> Iterator[I
 
 
 def _image_for(root: Path, name: str) -> Path | None:
-    if not name:
-        return None
     for candidate in (root / "Manually_Annotated_Images" / name, root / name):
         if candidate.is_file():
             return candidate
@@ -121,7 +163,7 @@ def _va(text: str, path: Path, root: Path, line: int, field: str) -> Generator[I
     if value == VA_NOT_ANNOTATED:
         return None
     if value is None or not -1.0 <= value <= 1.0:
-        yield problem(path, root, f"{text!r} is not in [-1, 1] (nor -2, not annotated); left missing", line=line, field=field)
+        yield dropped(path, root, f"{text!r} is not in [-1, 1] (nor -2, not annotated); left missing", line=line, field=field)
         return None
     return value
 
@@ -133,7 +175,30 @@ def _face_box(
     ints = [int(n) for n in numbers if n is not None and n.is_integer()]
     if len(ints) != 4 or ints[2] <= 0 or ints[3] <= 0:
         reason = "face box is not four integers with positive size; the whole image is kept"
-        yield problem(path, root, reason, line=line, field="face_x")
+        yield dropped(path, root, reason, line=line, field="face_x")
         return None
     x, y, width, height = ints
     return (x, y, x + width, y + height)
+
+
+def write_demo(root: Path, groups: list[int], rng: random.Random) -> None:
+    """JPEGs in numbered sub-folders, with expression and valence / arousal, listed in training.csv."""
+    codes = {expression: code for code, expression in CODES.items()}
+    rows = []
+    for i in range(sum(groups)):
+        name = f"{i % 7 + 1}/{rng.getrandbits(160):040x}.jpg"
+        labels = sample_labels(rng)
+        write_image(root / "Manually_Annotated_Images" / name, labels, name, rng, "JPEG")
+        rows.append([name, 0, 0, 128, 128, "", codes[labels.expression], labels.valence, labels.arousal])  # type: ignore[index]
+    write_csv(root / "Manually_Annotated_file_lists/training.csv", list(COLUMNS), rows)
+
+
+IMPORTER = Importer(
+    name=SOURCE,
+    title="AffectNet",
+    read=read,
+    layout="Manually_Annotated_file_lists/*.csv with Manually_Annotated_Images/; --crop-faces stores the face box",
+    order=30,
+    demo=write_demo,
+    demo_weight=2,
+)

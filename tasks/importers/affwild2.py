@@ -17,6 +17,8 @@ Each annotation file has a header line, then one row per frame: row i
 
 The three sets cover different videos and frames; labels of one frame are
 merged across them. Every `options.frame_stride`-th labelled frame is kept.
+Face crops of frames no set labels (every value "not annotated") are not
+imported; each video with such crops gets one report listing how many.
 
 Subject: the video name without a ``_left`` / ``_right`` suffix. Those
 suffixes mark the two people of one video; keeping both in one group keeps
@@ -26,24 +28,28 @@ cost of grouping two people as one subject.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from models.labels import Expression, FaceLabels, normalise_au_name
 from models.schemas import ImportCandidate, ImportProblem
 from tasks.importers._common import (
+    Importer,
+    ImportOptions,
+    LabelFileError,
+    dropped,
     frame_index,
+    glob_files,
     label_file,
     missing_image,
+    open_label,
     parse_number,
-    problem,
+    refused,
     relative,
     strided,
 )
-
-if TYPE_CHECKING:
-    from tasks.importers import ImportOptions
+from tasks.importers._demo import no_contempt, write_image, write_text
 
 SOURCE = "affwild2"
 SPLITS = ("Train_Set", "Validation_Set")  # Test_Set ships without labels
@@ -71,15 +77,23 @@ def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | Impor
     labels: Labels = {}
     for set_name in ("EXPR_Set", "VA_Set", "AU_Set"):
         for split in SPLITS:
-            for path in sorted((root / "Annotations" / set_name / split).glob("*.txt")):
+            paths, problems = glob_files(root / "Annotations" / set_name / split, "*.txt", root)
+            yield from problems
+            for path in paths:
                 yield from _read_file(path, root, set_name, labels.setdefault(path.stem, {}))
     if not labels:
         expected = "expected Annotations/<set>/<split>/<video>.txt"
-        yield problem(root / "Annotations", root, f"no Aff-Wild2 annotation files found; {expected}")
+        yield refused(root / "Annotations", root, f"no Aff-Wild2 annotation files found; {expected}", cause="no recognised layout")
     frames_root = options.frames_dir or root / "cropped_aligned"
     for video in sorted(labels):
-        frames = frame_index(frames_root / video)
+        frames, problems = frame_index(frames_root / video, options.frames_dir or root)
+        yield from problems
         labelled = sorted(frame for frame, fields in labels[video].items() if fields)
+        unlabelled = sorted(set(frames) - set(labelled))
+        if unlabelled:
+            shown = ", ".join(str(frame) for frame in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+            reason = f"{len(unlabelled)} face crop(s) of frames with no label in any set (frames {shown}); not imported"
+            yield refused(frames_root / video, root, reason, cause="no label")
         for frame in strided(labelled, options.frame_stride):
             fields = labels[video][frame]
             image = frames.get(frame)
@@ -107,19 +121,24 @@ def subject_of(video: str) -> str:
 def _read_file(
     path: Path, root: Path, set_name: str, video_labels: dict[int, dict[str, tuple[object, str]]]
 ) -> Generator[ImportProblem, None, None]:
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        with open_label(path, root) as handle:
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except LabelFileError as exc:
+        yield exc.problem
+        return
     if not lines:
-        yield problem(path, root, "empty annotation file")
+        yield refused(path, root, "empty annotation file")
         return
     parser = _parser_for(set_name, lines[0])
     if parser is None:
-        yield problem(path, root, f"unexpected {set_name} header {lines[0]!r}", line=1)
+        yield refused(path, root, f"unexpected {set_name} header {lines[0]!r}", line=1)
         return
     source_file = label_file(path, root)
     for line, text in enumerate(lines[1:], start=2):
         values, errors = parser([cell.strip() for cell in text.split(",")])
         for field, reason in errors:
-            yield problem(path, root, reason, line=line, field=field)
+            yield dropped(path, root, reason, line=line, field=field)
         frame_fields = video_labels.setdefault(line - 1, {})  # line 2 is frame 1
         frame_fields.update({field: (value, source_file) for field, value in values.items()})
 
@@ -172,3 +191,43 @@ def _au_row(cells: list[str], aus: list[str]) -> tuple[dict[str, object], list[t
         elif value != AU_MISSING:
             errors.append((au, f"{cell!r} is not 0, 1 or -1; left missing"))
     return values, errors
+
+
+AU_HEADER = "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
+
+
+def write_demo(root: Path, groups: list[int], rng: random.Random) -> None:
+    """Videos with all three sets; the first shows two people (_left / _right); each ends with a frame
+    where no face was found (every value "not annotated", no crop)."""
+    expr_codes = {expression: code for code, expression in EXPR_CODES.items()}
+    au_columns = AU_HEADER.split(",")
+    for s, frames in enumerate(groups):
+        name = f"{s + 1}-30-640x480"
+        videos = [f"{name}_left", f"{name}_right"] if s == 0 and frames >= 2 else [name]
+        split = "Validation_Set" if s % 4 == 3 else "Train_Set"
+        for v, video in enumerate(videos):
+            count = frames // len(videos) + (frames % len(videos) if v == len(videos) - 1 else 0)
+            expr, va, aus = [EXPR_HEADER.title()], ["valence,arousal"], [AU_HEADER]
+            for frame in range(1, count + 1):
+                labels = no_contempt(rng)
+                write_image(root / f"cropped_aligned/{video}/{frame:05d}.jpg", labels, video, rng, "JPEG")
+                expr.append(str(expr_codes[labels.expression]))  # type: ignore[index]
+                va.append(f"{labels.valence},{labels.arousal}")
+                aus.append(",".join(str(int(labels.aus[au])) for au in au_columns))
+            expr.append("-1")
+            va.append("-5,-5")
+            aus.append(",".join("-1" for _ in au_columns))
+            for set_name, lines in (("EXPR_Set", expr), ("VA_Set", va), ("AU_Set", aus)):
+                write_text(root / f"Annotations/{set_name}/{split}/{video}.txt", "\n".join(lines) + "\n")
+
+
+IMPORTER = Importer(
+    name=SOURCE,
+    title="Aff-Wild2",
+    read=read,
+    layout="Annotations/{EXPR,VA,AU}_Set/<split>/<video>.txt with cropped_aligned/<video>/ (or --frames-dir)",
+    order=60,
+    demo=write_demo,
+    demo_weight=3,
+    per_subject=3,
+)

@@ -21,26 +21,32 @@ sequence with neither has no human label and is skipped. Subject: S###.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from models.labels import ACTION_UNITS, Expression, FaceLabels, normalise_au_name
 from models.schemas import ImportCandidate, ImportProblem
 from tasks.importers._common import (
     IMAGE_SUFFIXES,
+    Importer,
+    ImportOptions,
+    LabelFileError,
+    dropped,
+    entries,
+    glob_files,
     label_file,
     missing_image,
     numbered_lines,
     parse_number,
-    problem,
+    refused,
     sorted_dirs,
 )
-
-if TYPE_CHECKING:
-    from tasks.importers import ImportOptions
+from tasks.importers._demo import au_number, write_image, write_text
+from tasks.synthetic import sample_labels
 
 SOURCE = "ckplus"
+TREES = ("cohn-kanade-images", "Emotion", "FACS")
 EMOTION_CODES: dict[int, Expression] = {
     0: "neutral",
     1: "anger",
@@ -55,9 +61,14 @@ EMOTION_CODES: dict[int, Expression] = {
 
 def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | ImportProblem]:
     images = root / "cohn-kanade-images"
-    for subject, sequence in _sequences(root):
-        emotion_file = _single(root / "Emotion" / subject / sequence, "*_emotion.txt")
-        facs_file = _single(root / "FACS" / subject / sequence, "*_facs.txt")
+    if not any((root / tree).is_dir() for tree in TREES):
+        reason = f"no CK+ layout here: expected {', '.join(f'{tree}/' for tree in TREES)} with S###/###/ inside"
+        yield refused(root, root, reason, cause="no recognised layout")
+        return
+    sequences = yield from _sequences(root)
+    for subject, sequence in sequences:
+        emotion_file = yield from _single(root / "Emotion" / subject / sequence, "*_emotion.txt", root)
+        facs_file = yield from _single(root / "FACS" / subject / sequence, "*_facs.txt", root)
         labelled_by = [path for path in (emotion_file, facs_file) if path is not None]
         if not labelled_by:
             continue
@@ -72,7 +83,7 @@ def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | Impor
             aus = yield from _read_facs(facs_file, root)
             values.update(aus)
             label_files.update({au: label_file(facs_file, root) for au in aus})
-        frames = _frames(images / subject / sequence)
+        frames = yield from _frames(images / subject / sequence, root)
         if not frames:
             yield missing_image(images / subject / sequence, labelled_by[0], root)
             continue
@@ -85,37 +96,52 @@ def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | Impor
         )
 
 
-def _sequences(root: Path) -> list[tuple[str, str]]:
+def _sequences(root: Path) -> Generator[ImportProblem, None, list[tuple[str, str]]]:
     """Every (subject, sequence) that has images or labels, so unmatched label files get reported."""
     found: set[tuple[str, str]] = set()
-    for tree in ("cohn-kanade-images", "Emotion", "FACS"):
-        if (root / tree).is_dir():
-            for subject in sorted_dirs(root / tree):
-                found.update((subject.name, sequence.name) for sequence in sorted_dirs(subject))
+    for tree in TREES:
+        subjects, problems = sorted_dirs(root / tree, root)
+        yield from problems
+        for subject in subjects:
+            sequences, problems = sorted_dirs(subject, root)
+            yield from problems
+            found.update((subject.name, sequence.name) for sequence in sequences)
     return sorted(found)
 
 
-def _single(folder: Path, pattern: str) -> Path | None:
-    matches = sorted(folder.glob(pattern)) if folder.is_dir() else []
+def _single(folder: Path, pattern: str, root: Path) -> Generator[ImportProblem, None, Path | None]:
+    matches, problems = glob_files(folder, pattern, root)
+    yield from problems
     return matches[-1] if matches else None
 
 
-def _frames(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def _frames(folder: Path, root: Path) -> Generator[ImportProblem, None, list[Path]]:
+    paths, problems = entries(folder, root)
+    yield from problems
+    return [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _lines(path: Path, root: Path) -> Generator[ImportProblem, None, list[tuple[int, str]] | None]:
+    try:
+        return numbered_lines(path, root)
+    except LabelFileError as exc:
+        yield exc.problem
+        return None
 
 
 def _read_emotion(path: Path, root: Path) -> Generator[ImportProblem, None, Expression | None]:
     """Yields problems; returns the expression or None."""
-    lines = list(numbered_lines(path))
+    lines = yield from _lines(path, root)
+    if lines is None:
+        return None
     if len(lines) != 1:
-        yield problem(path, root, f"expected one emotion code, found {len(lines)} non-blank lines")
+        yield dropped(path, root, f"expected one emotion code, found {len(lines)} non-blank lines", field="expression")
         return None
     number, text = lines[0]
     code = parse_number(text)
     if code is None or not code.is_integer() or int(code) not in EMOTION_CODES:
-        yield problem(path, root, f"emotion code {text!r} is not one of 0-7; expression left missing", line=number)
+        reason = f"emotion code {text!r} is not one of 0-7; expression left missing"
+        yield dropped(path, root, reason, line=number, field="expression")
         return None
     return EMOTION_CODES[int(code)]
 
@@ -127,15 +153,53 @@ def _read_facs(path: Path, root: Path) -> Generator[ImportProblem, None, dict[st
     list being complete, which a bad line breaks.
     """
     present: set[str] = set()
-    for number, text in numbered_lines(path):
+    lines = yield from _lines(path, root)
+    if lines is None:
+        return {}
+    for number, text in lines:
         parts = text.split()
         au = parse_number(parts[0]) if len(parts) == 2 else None
         if au is None or parse_number(parts[1]) is None or not au.is_integer():
             reason = f"expected 'AU intensity', got {text!r}; AU labels of this sequence left missing"
-            yield problem(path, root, reason, line=number)
+            yield dropped(path, root, reason, line=number)
             return {}
         try:
             present.add(normalise_au_name(int(au)))
         except ValueError:
             continue  # an AU outside the schema's 17 (CK+ codes ~30)
     return {au: au in present for au in ACTION_UNITS}
+
+
+ONSET_FRAMES = 2
+
+
+def write_demo(root: Path, groups: list[int], rng: random.Random) -> None:
+    """Sequences of unlabelled neutral onset frames, then the labelled peak; FACS for about half."""
+    codes = {expression: code for code, expression in EMOTION_CODES.items()}
+    for s, sequences in enumerate(groups):
+        subject = f"S{5 * (s + 1):03d}"
+        for q in range(sequences):
+            sequence = f"{q + 1:03d}"
+            prefix = f"{subject}/{sequence}/{subject}_{sequence}"
+            for frame in range(1, ONSET_FRAMES + 1):
+                write_image(root / f"cohn-kanade-images/{prefix}_{frame:08d}.png", sample_labels(rng, "neutral"), subject, rng)
+            peak = ONSET_FRAMES + 1
+            labels = sample_labels(rng)
+            write_image(root / f"cohn-kanade-images/{prefix}_{peak:08d}.png", labels, subject, rng)
+            write_text(root / f"Emotion/{prefix}_{peak:08d}_emotion.txt", f"   {float(codes[labels.expression]):.7e}\n")  # type: ignore[index]
+            if rng.random() < 0.5:
+                present = [au for au in ACTION_UNITS if labels.aus[au]]
+                lines = "".join(f"   {float(au_number(au)):.7e}   {float(rng.randint(0, 5)):.7e}\n" for au in present)
+                write_text(root / f"FACS/{prefix}_{peak:08d}_facs.txt", lines)
+
+
+IMPORTER = Importer(
+    name=SOURCE,
+    title="CK+",
+    read=read,
+    layout="cohn-kanade-images/S###/###/*.png with Emotion/ and FACS/ label files; the peak (last) frame",
+    order=10,
+    demo=write_demo,
+    demo_weight=2,
+    per_subject=2,
+)

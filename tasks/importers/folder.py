@@ -17,23 +17,25 @@ name files ``<subject>_...`` to keep a person's images on one side of the split.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from models.labels import FaceLabels, Split
 from models.schemas import ImportCandidate, ImportProblem
 from tasks.importers._common import (
     EXPRESSION_SYNONYMS,
     IMAGE_SUFFIXES,
+    Importer,
+    ImportOptions,
+    entries,
     label_file,
     parse_expression_name,
-    problem,
+    refused,
     sorted_dirs,
 )
-
-if TYPE_CHECKING:
-    from tasks.importers import ImportOptions
+from tasks.importers._demo import write_image
+from tasks.synthetic import sample_labels
 
 SOURCE = "folder"
 SPLIT_DIRS: dict[str, Split | None] = {
@@ -45,13 +47,26 @@ SPLIT_DIRS: dict[str, Split | None] = {
 
 
 def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | ImportProblem]:
-    for top in sorted_dirs(root):
+    found = False
+    tops, problems = sorted_dirs(root, root)
+    yield from problems
+    for top in tops:
         name = top.name.lower()
         if name in SPLIT_DIRS:
-            for expression_dir in sorted_dirs(top):
+            expression_dirs, problems = sorted_dirs(top, root)
+            yield from problems
+            for expression_dir in expression_dirs:
+                found |= parse_expression_name(expression_dir.name) is not None
                 yield from _read_expression_dir(expression_dir, root, SPLIT_DIRS[name])
         else:
+            found |= parse_expression_name(top.name) is not None
             yield from _read_expression_dir(top, root, None)
+    if not found:
+        reason = (
+            "no expression folders here: expected <expression>/<image> or <train|test>/<expression>/<image>, "
+            "e.g. happy/p01_001.png (or use `manifest` for another layout)"
+        )
+        yield refused(root, root, reason, cause="no recognised layout")
 
 
 def subject_of(file_name: str) -> str:
@@ -64,13 +79,16 @@ def _read_expression_dir(folder: Path, root: Path, split: Split | None) -> Itera
     expression = parse_expression_name(folder.name)
     if expression is None:
         known = ", ".join(sorted(EXPRESSION_SYNONYMS))
-        yield problem(folder, root, f"folder name {folder.name!r} is not an expression ({known}); its images are skipped")
+        reason = f"folder name {folder.name!r} is not an expression ({known}); its images are skipped"
+        yield refused(folder, root, reason, cause="not an expression folder")
         return
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
+    paths, problems = entries(folder, root)
+    yield from problems
+    for path in paths:
+        if path.is_dir():
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            yield problem(path, root, f"not an image file name (suffix {path.suffix!r}); skipped")
+            yield refused(path, root, f"not an image file name (suffix {path.suffix!r}); skipped", cause="not an image name")
             continue
         yield ImportCandidate(
             source=SOURCE,
@@ -80,3 +98,36 @@ def _read_expression_dir(folder: Path, root: Path, split: Split | None) -> Itera
             label_files={"expression": label_file(folder, root)},
             split=split,
         )
+
+
+FOLDER_NAMES = {
+    "happiness": "happy",
+    "sadness": "sad",
+    "anger": "angry",
+    "surprise": "surprised",
+    "fear": "fearful",
+    "disgust": "disgusted",
+}
+
+
+def write_demo(root: Path, groups: list[int], rng: random.Random) -> None:
+    """train/ and test/ folders (every fifth subject in test) named with synonyms."""
+    for s, images in enumerate(groups):
+        subject = f"p{s + 1:02d}"
+        split = "test" if s % 5 == 4 else "train"
+        for k in range(images):
+            labels = sample_labels(rng)
+            folder = FOLDER_NAMES.get(labels.expression, labels.expression)  # type: ignore[arg-type]
+            write_image(root / f"{split}/{folder}/{subject}_{k + 1:03d}.png", labels, subject, rng)
+
+
+IMPORTER = Importer(
+    name=SOURCE,
+    title="image folder",
+    read=read,
+    layout="[train|test/]<expression>/<subject>_<n>.png (torchvision ImageFolder, Kaggle FER)",
+    order=90,
+    demo=write_demo,
+    demo_weight=2,
+    per_subject=2,
+)
