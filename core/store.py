@@ -34,6 +34,8 @@ class ObjectStore(Protocol):
     def upload_file(self, key: str, path: Path) -> None: ...
     def download_file(self, key: str, path: Path) -> None: ...
     def list_keys(self, prefix: str) -> Iterator[str]: ...
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]: ...
+    def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
 
 
@@ -54,10 +56,15 @@ class LocalStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write-then-rename: a crash never leaves a half-written object under its key.
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as handle:
-            handle.write(data)
-        os.chmod(handle.name, 0o600)
-        os.replace(handle.name, path)
+        # mkstemp creates the file 0600, so no chmod is needed (this runs once per imported image).
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -81,6 +88,17 @@ class LocalStore:
         for path in sorted(candidates):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 yield path.relative_to(self.root).as_posix()
+
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, modification time as a Unix timestamp) of each object under `prefix`."""
+        for key in self.list_keys(prefix):
+            try:
+                yield key, self._path(key).stat().st_mtime
+            except FileNotFoundError:
+                continue  # removed since it was listed
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -134,6 +152,17 @@ class S3Store:
             for item in page.get("Contents", []):
                 yield item["Key"][strip:]
 
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, last-modified time as a Unix timestamp) of each object under `prefix`."""
+        paginator = self.client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:], item["LastModified"].timestamp()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))  # type: ignore[attr-defined]
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
@@ -148,9 +177,12 @@ def open_store(settings: Settings) -> ObjectStore:
         if not parsed.netloc:
             raise StoreError(f"SEKE_STORE_URL={url!r} names no bucket; expected s3://bucket/prefix")
         import boto3
+        from botocore.config import Config
 
         client = boto3.client(
             "s3",
+            # Ingest uploads from a pool of threads sharing this client: room for each one's connection.
+            config=Config(max_pool_connections=64),
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None,

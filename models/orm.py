@@ -120,15 +120,20 @@ class Image(Base):
 
 
 class HumanLabel(LabelValueMixin, Base):
+    """A label a dataset gives an image. The same bytes in two datasets keep each one's labels
+    (unique per image, source and field); readers wanting one value per field take the lowest id,
+    which is the label of the source that imported the image first."""
+
     __tablename__ = "human_labels"
     __table_args__ = (
-        UniqueConstraint("image_id", "field"),
+        UniqueConstraint("image_id", "source_id", "field"),
         CheckConstraint(ONE_VALUE, name="one_value"),
         Index("ix_human_labels_field", "field"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    source_id: Mapped[int] = mapped_column(ForeignKey("source_datasets.id"))
     field: Mapped[str] = mapped_column(String(16))
     source_file: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _now()

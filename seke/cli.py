@@ -9,10 +9,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from core.config import Settings, get_settings
 from tasks.importers import IMPORTERS
@@ -24,8 +34,10 @@ if TYPE_CHECKING:
 app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 images_app = typer.Typer(help="Imported images.", no_args_is_help=True)
+store_app = typer.Typer(help="The object store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(images_app, name="images")
+app.add_typer(store_app, name="store")
 
 console = Console()
 
@@ -67,31 +79,75 @@ def import_(
     frame_stride: Annotated[int, typer.Option(min=1, help="Video sources: keep every k-th frame.")] = 1,
     au_threshold: Annotated[int, typer.Option(min=0, max=5, help="DISFA: intensity at which an AU occurs.")] = 2,
     crop_faces: Annotated[bool, typer.Option(help="AffectNet: store the face-box crop.")] = False,
-    frames_dir: Annotated[Path | None, typer.Option(help="Extracted video frames, if not in the default place.")] = None,
+    frames_dir: Annotated[Path | None, typer.Option(help="Extracted video frames, if not in the default place (may lie outside PATH).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes that read, hash and decode images (default: one per core).")] = 0,
+    upload_threads: Annotated[int, typer.Option(min=1, help="Objects stored at once (S3: parallel uploads).")] = 16,
+    shard: Annotated[str, typer.Option(help="I/N: import only share I of N (0-based), for N processes or machines sharing the database.")] = "0/1",
 ) -> None:
-    """Import a dataset in its native layout: validate, store images, record human labels."""
+    """Import a dataset in its native layout: validate, store images, record human labels.
+
+    Reads only regular files inside PATH (and --frames-dir), each up to 64 MiB; every bad file or
+    row is reported and the rest goes on. Re-running resumes: what is recorded is skipped."""
+    import os
+
     from core.db import session_factory
     from core.store import open_store
+    from models.schemas import ImportCandidate
     from tasks.importers import READERS, ImportOptions
-    from tasks.ingest import ingest
+    from tasks.ingest import in_shard, ingest
 
     if format not in READERS:
         raise typer.BadParameter(f"unknown format {format!r}; expected one of {', '.join(READERS)}", param_hint="FORMAT")
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise typer.BadParameter(f"{shard!r} is not I/N with 0 <= I < N, e.g. 0/2", param_hint="--shard")
+    shares = (int(index), int(count))
     settings = get_settings()
     _ready(settings)
     options = ImportOptions(
         frame_stride=frame_stride, au_threshold=au_threshold, crop_faces=crop_faces, frames_dir=frames_dir
     )
-    with progress_bar() as progress:
-        task = progress.add_task(f"importing {format} from {path}", total=None)
+    with console.status(f"scanning {path} for {format} images"):
+        # A first pass over the label files (no image is read) gives the bar its total and ETA.
+        total = sum(
+            1 for item in READERS[format](path, options) if isinstance(item, ImportCandidate) and in_shard(item, shares)
+        )
+    with import_progress() as progress:
+        task = progress.add_task(f"importing {format}", total=total)
         report = ingest(
             READERS[format](path, options),
             path,
             session_factory(settings),
             open_store(settings),
-            on_item=lambda: progress.advance(task),
+            extra_roots=[frames_dir] if frames_dir else [],
+            workers=workers or os.cpu_count() or 1,
+            upload_threads=upload_threads,
+            shard=shares,
+            on_item=lambda k: progress.advance(task, k),
         )
     _print_import_report(report)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} images/s")
+
+
+def import_progress() -> Progress:
+    """One bar: images done of the total, images/s and the time left."""
+    from rich.progress import TaskProgressColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 def _print_import_report(report: IngestReport) -> None:
@@ -157,6 +213,27 @@ def images_stats() -> None:
     for row in rows:
         table.add_row(*(str(value) for value in row))
     console.print(table)
+
+
+@store_app.command("gc")
+def store_gc(
+    grace_hours: Annotated[float, typer.Option(min=0, help="Leave objects younger than this: a running import's.")] = 1.0,
+    dry_run: Annotated[bool, typer.Option(help="List what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove stored images no database row references (left by an import killed and never re-run)."""
+    from core.db import session_factory
+    from core.store import open_store
+    from tasks.ingest import collect_garbage
+
+    settings = get_settings()
+    _ready(settings)
+    report = collect_garbage(session_factory(settings), open_store(settings), grace_s=grace_hours * 3600, dry_run=dry_run)
+    for key in report.orphans:
+        console.print(f"{'would remove' if dry_run else 'removed'} {key}")
+    console.print(
+        f"{len(report.orphans)} unreferenced image objects, {report.removed} removed; "
+        f"{report.recent} younger than {grace_hours} h left alone"
+    )
 
 
 runs_app = typer.Typer(help="Annotation runs.", no_args_is_help=True)
@@ -470,7 +547,7 @@ def demo(
     with progress_bar() as progress:
         for name in READERS:
             task = progress.add_task(f"import {name}", total=counts.get(name))
-            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda task=task: progress.advance(task))
+            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda k, task=task: progress.advance(task, k))
             for problem in report.problems:
                 console.print(f"[yellow]{problem.kind}[/yellow] {escape(str(problem))}", highlight=False)
     with session_scope(settings) as session:

@@ -170,7 +170,10 @@ class Annotator:
             image = session.get(Image, image_id)
             if image is None:
                 raise ImageFailed(f"image {image_id} is not in the database")
-            labels = session.scalars(select(HumanLabel).where(HumanLabel.image_id == image_id)).all()
+            # Lowest id last, so it wins below: the source that imported the image first (two datasets may label it).
+            labels = session.scalars(
+                select(HumanLabel).where(HumanLabel.image_id == image_id).order_by(HumanLabel.id.desc())
+            ).all()
             calls = session.execute(
                 select(
                     VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.parsed, VLLMCall.error

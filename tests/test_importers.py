@@ -290,7 +290,7 @@ def test_folder_splits_synonyms_and_subjects(tmp_path: Path) -> None:
     }
     assert next(c for c in candidates if c.subject == "p02").label_files == {"expression": "test/angry"}
     text = reasons(problems)
-    assert "test/bored: folder name 'bored' is not an expression" in text
+    assert "test/bored: the folder name is not an expression" in text
     assert "test/angry/notes.txt: not an image file name" in text
     assert folder.subject_of("_x.png") == "_x"
 

@@ -41,7 +41,9 @@ def feab_items(session: Session, limit: int | None = None) -> list[FeabItem]:
         query = query.limit(limit)
     images = session.execute(query).all()
     labels: dict[int, dict[str, object]] = {}
-    for label in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_([i for i, _ in images]))):
+    # Lowest id last, so it wins: the source that imported the image first (two datasets may label it).
+    ids = [i for i, _ in images]
+    for label in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_(ids)).order_by(HumanLabel.id.desc())):
         labels.setdefault(label.image_id, {})[label.field] = label.value
     return [FeabItem(image_id, key, FaceLabels.from_field_values(labels.get(image_id, {}))) for image_id, key in images]
 

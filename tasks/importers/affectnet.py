@@ -112,8 +112,8 @@ def _read_list(csv_path: Path, root: Path, options: ImportOptions) -> Iterator[I
         source_file = label_file(csv_path, root)
         for row in _rows(reader):
             line = reader.line_num
-            if isinstance(row, csv.Error):
-                yield refused(csv_path, root, f"malformed CSV row ({row}); row skipped", line=line)
+            if isinstance(row, csv.Error):  # the failing line is consumed but not yet counted in line_num
+                yield refused(csv_path, root, f"malformed CSV row ({row}); row skipped", line=line + 1)
                 continue
             name = row["subDirectory_filePath"] or ""
             relative_name = safe_relative(name)

@@ -79,7 +79,7 @@ def _read_expression_dir(folder: Path, root: Path, split: Split | None) -> Itera
     expression = parse_expression_name(folder.name)
     if expression is None:
         known = ", ".join(sorted(EXPRESSION_SYNONYMS))
-        reason = f"folder name {folder.name!r} is not an expression ({known}); its images are skipped"
+        reason = f"the folder name is not an expression ({known}); its images are skipped"
         yield refused(folder, root, reason, cause="not an expression folder")
         return
     paths, problems = entries(folder, root)

@@ -114,7 +114,8 @@ def _csv_records(path: Path, base: Path) -> Iterator[tuple[int, dict[str, object
             except StopIteration:
                 return
             except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
-                yield reader.line_num, f"not valid CSV ({exc}); row skipped"
+                # The failing line is consumed but not yet counted in line_num.
+                yield reader.line_num + 1, f"not valid CSV ({exc}); row skipped"
                 continue
             yield reader.line_num, {k: v for k, v in row.items() if k is not None}
 

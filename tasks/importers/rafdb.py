@@ -52,7 +52,7 @@ CODES: dict[str, Expression] = {
 
 def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | ImportProblem]:
     labels_path = root / LABEL_FILE
-    if not labels_path.is_file():
+    if not labels_path.exists():
         reason = "RAF-DB label list not found; expected EmoLabel/list_patition_label.txt"
         yield refused(labels_path, root, reason, cause="no recognised layout")
         return
