@@ -48,6 +48,8 @@ from tasks.importers._common import bad_text
 MAX_SUBJECT = 200  # subjects.external_id
 #: Deadlocks between concurrent importers (two inserting one subject) are retried this often.
 DEADLOCK_RETRIES = 5
+#: Candidates per task sent to a pool worker.
+POOL_CHUNK = 32
 
 
 @dataclass
@@ -90,6 +92,13 @@ def prepare(
     except InvalidImage as exc:
         return ImportProblem(candidate.path, exc.reason, "refused", cause=exc.cause)
     return _Prepared(info, data)
+
+
+def prepare_many(
+    candidates: list[ImportCandidate], root: Path, extra_roots: Sequence[Path], max_bytes: int
+) -> list[_Prepared | ImportProblem]:
+    """`prepare` for a chunk: one round trip to a pool worker per chunk, not per image."""
+    return [prepare(candidate, root, extra_roots, max_bytes) for candidate in candidates]
 
 
 def in_shard(candidate: ImportCandidate, shard: tuple[int, int]) -> bool:
@@ -143,23 +152,36 @@ def ingest(
     writer = _BatchWriter(sessions, store, report)
     pool: Executor | None = None
     if workers > 1:
-        # spawn: the parent may hold threads (a database pool, an S3 client) that fork would copy mid-state.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # fork, where there is one: a spawned worker re-imports the CLI or script that started it (seconds
+        # each). The pool starts before this call's own threads, and its workers touch only files, hashlib
+        # and Pillow, never a lock another thread of the parent might hold (database, S3 client, console).
+        methods = multiprocessing.get_all_start_methods()
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else "spawn"))
     uploads = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="ingest-upload")
+    # One writer thread stores and records batch k while this thread (or the pool) prepares batch k + 1:
+    # the database round trips and store writes wait on I/O, overlapping the decoding.
+    writes = ThreadPoolExecutor(1, thread_name_prefix="ingest-write")
     work = (root, tuple(extra_roots), max_bytes)
-    # At most two batches in flight: one being prepared by the pool while the previous one is written.
-    pending: deque[tuple[list[ImportCandidate], list[Future[Any]] | list[Any]]] = deque()
+    # At most two batches in flight: one being prepared while the previous one is written.
+    pending: deque[tuple[list[ImportCandidate], list[Future[list[_Prepared | ImportProblem]]]]] = deque()
+    writing: Future[None] | None = None
     try:
         for batch in _batches(items, report, shard, batch_size):
             if pool is None:
-                pending.append((batch, [prepare(candidate, *work) for candidate in batch]))
+                done: Future[list[_Prepared | ImportProblem]] = Future()
+                done.set_result(prepare_many(batch, *work))
+                pending.append((batch, [done]))
             else:
-                pending.append((batch, [pool.submit(prepare, candidate, *work) for candidate in batch]))
+                chunks = [batch[i : i + POOL_CHUNK] for i in range(0, len(batch), POOL_CHUNK)]
+                pending.append((batch, [pool.submit(prepare_many, chunk, *work) for chunk in chunks]))
             if len(pending) > 1:
-                _finish(pending.popleft(), writer, uploads, on_item)
+                writing = _write_next(pending.popleft(), writer, uploads, writes, writing, on_item)
         while pending:
-            _finish(pending.popleft(), writer, uploads, on_item)
+            writing = _write_next(pending.popleft(), writer, uploads, writes, writing, on_item)
+        if writing is not None:
+            writing.result()
     finally:
+        writes.shutdown(wait=True, cancel_futures=True)
         uploads.shutdown(wait=True, cancel_futures=True)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -188,23 +210,32 @@ def _batches(
         yield batch
 
 
-def _finish(
-    entry: tuple[list[ImportCandidate], list[Any]],
+def _write_next(
+    entry: tuple[list[ImportCandidate], list[Future[list[_Prepared | ImportProblem]]]],
     writer: _BatchWriter,
     uploads: ThreadPoolExecutor,
+    writes: ThreadPoolExecutor,
+    writing: Future[None] | None,
     on_item: Callable[[int], None] | None,
-) -> None:
-    batch, results = entry
+) -> Future[None]:
+    """Hand a prepared batch to the writer thread, after the batch before it is written (order, bounded memory)."""
+    batch, futures = entry
+    outcomes = [outcome for future in futures for outcome in future.result()]
     prepared: list[tuple[ImportCandidate, _Prepared]] = []
-    for candidate, result in zip(batch, results):
-        outcome = result.result() if isinstance(result, Future) else result
+    for candidate, outcome in zip(batch, outcomes):
         if isinstance(outcome, ImportProblem):
             writer.report.problems.append(outcome)
         else:
             prepared.append((candidate, outcome))
-    writer.write(prepared, uploads)
-    if on_item is not None:
-        on_item(len(batch))
+    if writing is not None:
+        writing.result()  # re-raises a failed write here
+
+    def write() -> None:
+        writer.write(prepared, uploads)
+        if on_item is not None:
+            on_item(len(batch))
+
+    return writes.submit(write)
 
 
 class _BatchWriter:
