@@ -153,14 +153,14 @@ def ingest_demo_data(settings: Settings, root: Path, n: int, *, seed: int = 0) -
     from core.db import session_factory, session_scope
     from core.store import open_store
     from tasks.demo_data import write_demo_data
-    from tasks.importers import READERS, SOURCES, ImportOptions
+    from tasks.importers import READERS, ImportOptions
     from tasks.ingest import ingest
     from tasks.split import assign_splits
 
     demo = root / "demo"
-    write_demo_data(demo, n=n, seed=seed)
+    counts = write_demo_data(demo, n=n, seed=seed)
     sessions, store = session_factory(settings), open_store(settings)
-    for name in SOURCES:
+    for name in counts:
         ingest(READERS[name](demo / name, ImportOptions()), demo / name, sessions, store)
     with session_scope(settings) as session:
         assign_splits(session, seed=seed)

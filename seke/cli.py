@@ -80,7 +80,7 @@ def import_(
     au_threshold: Annotated[int, typer.Option(min=0, max=5, help="DISFA: intensity at which an AU occurs.")] = 2,
     crop_faces: Annotated[bool, typer.Option(help="AffectNet: store the face-box crop.")] = False,
     frames_dir: Annotated[Path | None, typer.Option(help="Extracted video frames, if not in the default place (may lie outside PATH).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Processes that read, hash and decode images (default: one per core).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Processes that read, hash and decode images (0: one per core).")] = 0,
     upload_threads: Annotated[int, typer.Option(min=1, help="Objects stored at once (S3: parallel uploads).")] = 16,
     shard: Annotated[str, typer.Option(help="I/N: import only share I of N (0-based), for N processes or machines sharing the database.")] = "0/1",
 ) -> None:
@@ -158,7 +158,9 @@ def _print_import_report(report: IngestReport) -> None:
     causes = ", ".join(f"{cause}: {count}" for cause, count in report.refused_by_cause().most_common())
     console.print(
         f"[green]{report.imported} images imported[/green], {report.labels} human labels, "
-        f"{report.already_present} already present, {len(report.refused)} refused"
+        f"{report.already_present} already present"
+        + (f" ({report.merged_labels} labels of this source added to them)" if report.merged_labels else "")
+        + f", {len(report.refused)} refused"
         + (f" ({causes})" if causes else "")
         + f", {len(report.dropped)} values dropped"
     )
@@ -545,8 +547,8 @@ def demo(
     console.rule("2. import (validate, store, record human labels) and subject split")
     sessions, store = session_factory(settings), open_store(settings)
     with progress_bar() as progress:
-        for name in READERS:
-            task = progress.add_task(f"import {name}", total=counts.get(name))
+        for name in counts:
+            task = progress.add_task(f"import {name}", total=counts[name])
             report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda k, task=task: progress.advance(task, k))
             for problem in report.problems:
                 console.print(f"[yellow]{problem.kind}[/yellow] {escape(str(problem))}", highlight=False)

@@ -1,5 +1,7 @@
 """Demo data: synthetic faces written in the native layout of every importer that has a demo writer.
 
+A demo writer is optional: an importer without one (ExpW) is simply not in the demo.
+
 `write_demo_data(out)` makes `out/<name>/` for each such importer
 (tasks.importers.IMPORTERS), written by the importer's own `write_demo`, with
 the label availability of the real source (see each importer module):
@@ -35,17 +37,15 @@ from tasks.importers import IMPORTERS
 
 #: Weight units in `n`: the built-in eight layouts' weights sum to this.
 WEIGHT_UNITS = 19
+#: The layouts the demo writes (importers with a demo writer), in listing order.
+DEMO_SOURCES: tuple[str, ...] = tuple(name for name, importer in IMPORTERS.items() if importer.demo is not None)
 
 
 def demo_counts(n: int) -> dict[str, int]:
     """Faces per layout for `n`: each from its own weight alone."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return {
-        name: max(1, int(n * importer.demo_weight / WEIGHT_UNITS + 0.5))
-        for name, importer in IMPORTERS.items()
-        if importer.demo is not None
-    }
+    return {name: max(1, int(n * IMPORTERS[name].demo_weight / WEIGHT_UNITS + 0.5)) for name in DEMO_SOURCES}
 
 
 def write_demo_data(out: Path, n: int = 200, seed: int = 0) -> dict[str, int]:

@@ -10,7 +10,8 @@ from core.config import Settings
 from core.db import session_factory, session_scope
 from core.migrate import upgrade
 from core.store import open_store
-from tasks.importers import READERS, SOURCES, ImportOptions
+from tasks.demo_data import DEMO_SOURCES
+from tasks.importers import READERS, ImportOptions
 from tasks.ingest import ingest
 from tasks.split import assign_splits
 from tests.conftest import create_database
@@ -21,7 +22,7 @@ def prepared_settings(admin_url: str, root: Path, demo: Path) -> Settings:
     settings = Settings(database_url=create_database(admin_url), state_dir=root / "state", store_url=(root / "store").as_uri())
     upgrade(settings)
     sessions, store = session_factory(settings), open_store(settings)
-    for name in SOURCES:
+    for name in DEMO_SOURCES:
         ingest(READERS[name](demo / name, ImportOptions()), demo / name, sessions, store)
     with session_scope(settings) as session:
         assign_splits(session, seed=0)

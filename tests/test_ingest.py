@@ -17,7 +17,8 @@ from core.db import session_factory, session_scope
 from core.store import open_store
 from tasks.demo_data import write_demo_data
 from tasks.groundtruth import read_ground_truth
-from tasks.importers import READERS, SOURCES, ImportOptions
+from tasks.demo_data import DEMO_SOURCES
+from tasks.importers import READERS, ImportOptions
 from tasks.ingest import ingest
 from tasks.split import assign_splits, feab_target
 
@@ -34,7 +35,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def import_all(settings: Settings, root: Path) -> dict[str, int]:
     store, sessions = open_store(settings), session_factory(settings)
     imported = {}
-    for name in SOURCES:
+    for name in DEMO_SOURCES:
         report = ingest(READERS[name](root / name, ImportOptions()), root / name, sessions, store)
         assert report.problems == [], f"{name}: {report.problems[:3]}"
         imported[name] = report.imported
