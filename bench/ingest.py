@@ -147,10 +147,16 @@ ingest(READERS["folder"](root, ImportOptions()), root, session_factory(settings)
 """
 
 
-def shards(settings: Settings, root: Path, n: int, count: int) -> float:
-    """images/s of the import split over `count` processes (one worker each) sharing the database."""
+def shards(settings: Settings, root: Path, n: int, count: int) -> tuple[float, float]:
+    """(images/s, CPU seconds of the importer processes) of the import split over `count` processes
+    (one worker each) sharing the database. Equal CPU for 1 and 2 processes means no work is repeated:
+    the wall time then halves wherever two cores are free."""
+    import resource
+
     url = settings.database_url.get_secret_value()  # type: ignore[union-attr]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     processes = [
         subprocess.Popen(
@@ -163,6 +169,8 @@ def shards(settings: Settings, root: Path, n: int, count: int) -> float:
     if any(process.wait() != 0 for process in processes):
         raise RuntimeError("a shard failed")
     elapsed = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
     from sqlalchemy import func, select
 
     from core.db import session_scope
@@ -172,7 +180,7 @@ def shards(settings: Settings, root: Path, n: int, count: int) -> float:
         recorded = session.scalar(select(func.count(Image.id)))
     if recorded != n:
         raise RuntimeError(f"{count} shards recorded {recorded} images, expected {n}")
-    return n / elapsed
+    return n / elapsed, cpu
 
 
 def row(name: str, rate: float, bare: float | None = None, note: str = "") -> None:
@@ -198,13 +206,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.n} synthetic faces ({size / args.n / 1024:.1f} KiB each) written in {time.perf_counter() - start:.1f} s")
         print(f"cores: {os.cpu_count()} (a shared machine: absolute rates move with other load; ratios are within one run)")
 
-        print("local store")
-        bare = bare_local(root, work / "bare")
-        row("bare loop (read, sha256, decode, write)", bare)
-        rate, growth = seke_import(new_settings(admin, work / "one"), root, args.n, workers=1)
-        row("seke import, 1 worker", rate, bare, f"peak RSS +{growth:.0f} MB")
-        rate, growth = seke_import(new_settings(admin, work / "pool"), root, args.n, workers=args.workers)
-        row(f"seke import, {args.workers} workers", rate, bare, f"peak RSS +{growth:.0f} MB (main process)")
+        print("local store (ratios against the mean of the bare loop run before and after the imports)")
+        before = bare_local(root, work / "bare1")
+        one, one_growth = seke_import(new_settings(admin, work / "one"), root, args.n, workers=1)
+        pool, pool_growth = seke_import(new_settings(admin, work / "pool"), root, args.n, workers=args.workers)
+        after = bare_local(root, work / "bare2")
+        bare = (before + after) / 2
+        row("bare loop (read, sha256, decode, write)", bare, note=f"before {before:.0f}, after {after:.0f}")
+        row("seke import, 1 worker", one, bare, f"peak RSS +{one_growth:.0f} MB")
+        row(f"seke import, {args.workers} workers", pool, bare, f"peak RSS +{pool_growth:.0f} MB (main process)")
 
         if args.profile:
             profile(new_settings(admin, work / "profile"), root, args.n)
@@ -214,10 +224,12 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.no_shards:
             print("one database, the import split over processes (one worker each)")
-            one = shards(new_settings(admin, work / "shard1"), root, args.n, 1)
-            row("1 process", one)
-            two = shards(new_settings(admin, work / "shard2"), root, args.n, 2)
-            row("2 processes (shard 0/2 and 1/2)", two, one, "(ratio: 2 processes / 1)")
+            one, one_cpu = shards(new_settings(admin, work / "shard1"), root, args.n, 1)
+            row("1 process", one, note=f"{one_cpu:.1f} CPU s")
+            two, two_cpu = shards(new_settings(admin, work / "shard2"), root, args.n, 2)
+            row("2 processes (shard 0/2 and 1/2)", two, one, f"{two_cpu:.1f} CPU s (ratio: 2 processes / 1)")
+            load = os.getloadavg()[0]
+            print(f"  load average {load:.1f} on {os.cpu_count()} cores: 2 processes can only gain where 2 cores are free")
 
 
 def s3(admin: str, work: Path, root: Path, args: argparse.Namespace) -> None:
@@ -242,9 +254,8 @@ def s3(admin: str, work: Path, root: Path, args: argparse.Namespace) -> None:
         )
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         client.create_bucket(Bucket=bucket)
-        print(f"S3 (moto server on loopback, {args.upload_threads} upload threads)")
-        bare = bare_s3(root, client, bucket, args.upload_threads)
-        row("bare boto3 loop (read, sha256, decode, put)", bare)
+        print(f"S3 (moto server on loopback, {args.upload_threads} upload threads; bare: mean of before and after)")
+        before = bare_s3(root, client, bucket, args.upload_threads)
         settings = new_settings(admin, work / "s3").model_copy(
             update={
                 "store_url": f"s3://{bucket}/seke",
@@ -254,6 +265,9 @@ def s3(admin: str, work: Path, root: Path, args: argparse.Namespace) -> None:
             }
         )
         rate, growth = seke_import(settings, root, args.n, workers=args.workers, upload_threads=args.upload_threads)
+        after = bare_s3(root, client, bucket, args.upload_threads)
+        bare = (before + after) / 2
+        row("bare boto3 loop (read, sha256, decode, put)", bare, note=f"before {before:.0f}, after {after:.0f}")
         row(f"seke import, {args.workers} workers", rate, bare, f"peak RSS +{growth:.0f} MB (main process)")
     finally:
         server.stop()

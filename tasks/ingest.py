@@ -102,9 +102,13 @@ def prepare_many(
 
 
 def in_shard(candidate: ImportCandidate, shard: tuple[int, int]) -> bool:
-    """Whether `candidate` is this process's to import when an import is split `shard` = (index, count) ways."""
+    """Whether `candidate` is this process's to import when an import is split `shard` = (index, count) ways.
+
+    Split by subject: two processes never create (and lock) the same subject row at once.
+    """
     index, count = shard
-    digest = hashlib.blake2b(candidate.path.as_posix().encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    key = f"{candidate.source}/{candidate.subject}".encode("utf-8", "surrogateescape")
+    digest = hashlib.blake2b(key, digest_size=8).digest()
     return int.from_bytes(digest, "big") % count == index
 
 
