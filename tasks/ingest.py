@@ -137,7 +137,7 @@ def ingest(
     extra_roots: Sequence[Path] = (),
     workers: int = 1,
     upload_threads: int = 8,
-    batch_size: int = 256,
+    batch_size: int = 512,
     max_bytes: int = MAX_FILE_BYTES,
     shard: tuple[int, int] = (0, 1),
     on_item: Callable[[int], None] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
@@ -142,8 +143,14 @@ class LabelFileError(Exception):
 
 def inside(path: Path, base: Path) -> bool:
     """Whether `path`, symlinks resolved, lies in `base` (symlinks resolved too)."""
-    real, top = os.path.realpath(path), os.path.realpath(base)
+    real, top = os.path.realpath(path), _real_root(os.path.abspath(base))
     return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(base: str) -> str:
+    """An import root's real path: resolved once, not once per file (it is checked for every image)."""
+    return os.path.realpath(base)
 
 
 def outside_problem(path: Path, base: Path) -> ImportProblem:
