@@ -166,8 +166,10 @@ def safe_relative(text: str) -> PurePosixPath | None:
     return None if ".." in path.parts else path
 
 
-def entries(folder: Path, base: Path) -> tuple[list[Path], list[ImportProblem]]:
-    """Sorted, non-hidden entries of `folder`, and a refusal for each symlink leading out of `base`.
+def entries(
+    folder: Path, base: Path, wanted: Callable[[Path], bool] | None = None
+) -> tuple[list[Path], list[ImportProblem]]:
+    """Sorted, non-hidden (and `wanted`) entries of `folder`, and a refusal for each symlink leading out of `base`.
 
     A `folder` that is not a directory gives nothing; one that itself leads out of `base` is refused.
     """
@@ -178,7 +180,7 @@ def entries(folder: Path, base: Path) -> tuple[list[Path], list[ImportProblem]]:
     kept: list[Path] = []
     problems: list[ImportProblem] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or (wanted is not None and not wanted(path)):
             continue
         if path.is_symlink() and not inside(path, base):
             problems.append(outside_problem(path, base))
@@ -194,8 +196,8 @@ def sorted_dirs(folder: Path, base: Path) -> tuple[list[Path], list[ImportProble
 
 def glob_files(folder: Path, pattern: str, base: Path) -> tuple[list[Path], list[ImportProblem]]:
     """`folder.glob(pattern)` (one level), confined like `entries`."""
-    paths, problems = entries(folder, base)
-    return [path for path in paths if path.match(pattern) and path.is_file()], problems
+    paths, problems = entries(folder, base, lambda path: path.match(pattern))
+    return [path for path in paths if path.is_file()], problems
 
 
 def open_label(path: Path, base: Path) -> BinaryIO:
@@ -261,10 +263,8 @@ def frame_index(folder: Path, base: Path) -> tuple[dict[int, Path], list[ImportP
 
     Lets one loader accept '00042.png', '0042.jpg' and '42.jpg' alike. Confined to `base`.
     """
-    paths, problems = entries(folder, base)
-    return {
-        int(path.stem): path for path in paths if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.isdigit()
-    }, problems
+    paths, problems = entries(folder, base, lambda path: path.suffix.lower() in IMAGE_SUFFIXES and path.stem.isdigit())
+    return {int(path.stem): path for path in paths}, problems
 
 
 def child_folder(folder: Path, name: str) -> Path:

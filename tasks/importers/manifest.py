@@ -61,9 +61,8 @@ def read(root: Path, options: ImportOptions) -> Iterator[ImportCandidate | Impor
     if root.is_file():
         manifests = [root]
     else:
-        paths, problems = entries(root, base)
+        manifests, problems = entries(root, base, lambda path: path.suffix.lower() in SUFFIXES)
         yield from problems
-        manifests = [p for p in paths if p.suffix.lower() in SUFFIXES]
     if not manifests:
         yield refused(root, base, "no manifest found; expected a .csv or .jsonl file", cause="no recognised layout")
     for path in manifests:
