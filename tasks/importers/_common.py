@@ -167,31 +167,37 @@ def safe_relative(text: str) -> PurePosixPath | None:
 
 
 def entries(
-    folder: Path, base: Path, wanted: Callable[[Path], bool] | None = None
+    folder: Path, base: Path, wanted: Callable[[Path], bool] | None = None, *, dirs: bool | None = None
 ) -> tuple[list[Path], list[ImportProblem]]:
     """Sorted, non-hidden (and `wanted`) entries of `folder`, and a refusal for each symlink leading out of `base`.
 
-    A `folder` that is not a directory gives nothing; one that itself leads out of `base` is refused.
+    `dirs`: True keeps only folders, False only what is not a folder, None both. A `folder` that is
+    not a directory gives nothing; one that itself leads out of `base` is refused. One scandir:
+    the entry types come with the listing, not a stat per file (this runs over every image).
     """
     if not inside(folder, base):
         return [], [outside_problem(folder, base)]
-    if not folder.is_dir():
+    try:
+        listing = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except (NotADirectoryError, FileNotFoundError):
         return [], []
+    except OSError as exc:  # e.g. permission denied: this folder is refused, the import goes on
+        return [], [refused(folder, base, f"cannot be listed: {exc.strerror or exc}", cause="unreadable")]
     kept: list[Path] = []
     problems: list[ImportProblem] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or (wanted is not None and not wanted(path)):
+    for entry in listing:
+        path = folder / entry.name
+        if entry.name.startswith(".") or (wanted is not None and not wanted(path)):
             continue
-        if path.is_symlink() and not inside(path, base):
+        if entry.is_symlink() and not inside(path, base):
             problems.append(outside_problem(path, base))
-        else:
+        elif dirs is None or entry.is_dir() == dirs:
             kept.append(path)
     return kept, problems
 
 
 def sorted_dirs(folder: Path, base: Path) -> tuple[list[Path], list[ImportProblem]]:
-    paths, problems = entries(folder, base)
-    return [path for path in paths if path.is_dir()], problems
+    return entries(folder, base, dirs=True)
 
 
 def glob_files(folder: Path, pattern: str, base: Path) -> tuple[list[Path], list[ImportProblem]]:

@@ -82,11 +82,9 @@ def _read_expression_dir(folder: Path, root: Path, split: Split | None) -> Itera
         reason = f"the folder name is not an expression ({known}); its images are skipped"
         yield refused(folder, root, reason, cause="not an expression folder")
         return
-    paths, problems = entries(folder, root)
+    paths, problems = entries(folder, root, dirs=False)
     yield from problems
     for path in paths:
-        if path.is_dir():
-            continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             yield refused(path, root, f"not an image file name (suffix {path.suffix!r}); skipped", cause="not an image name")
             continue
