@@ -205,3 +205,14 @@ def test_same_bytes_in_two_datasets_keep_both_sources_labels(settings: Settings,
         assert session.scalar(select(func.count(Subject.id))) == 1  # no subject for the duplicate
     again = import_tree(settings, "manifest", tmp_path / "b")
     assert (again.already_present, again.merged_labels) == (1, 0)
+
+
+def test_refused_counts_only_what_was_not_imported(settings: Settings, tmp_path: Path) -> None:
+    """One image imported with two values dropped, one row refused: 1 refused, not 3."""
+    put(tmp_path / "imgs/a.png", png("red"))
+    put(tmp_path / "m.csv", "path,subject,expression,valence\nimgs/a.png,s1,bored,7\nimgs/gone.png,s2,happy,0\n")
+    report = import_tree(settings, "manifest", tmp_path / "m.csv")
+    assert report.imported == 1
+    assert [(p.line, p.field) for p in report.dropped] == [(2, "expression"), (2, "valence")]
+    assert [(p.line, p.cause) for p in report.refused] == [(3, "no image for labels")]
+    assert report.refused_by_cause() == {"no image for labels": 1}
