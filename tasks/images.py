@@ -23,8 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.schemas import ImportCandidate
 from tasks.groundtruth import read_ground_truth, save_with_ground_truth
-from tasks.importers import import_base
-from tasks.importers._common import inside
+from tasks.importers import import_base, inside
 
 #: The largest image file ingest reads (a 40-megapixel PNG fits); larger ones are refused unread.
 MAX_FILE_BYTES = 64 << 20

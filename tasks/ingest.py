@@ -43,7 +43,7 @@ from core.store import ObjectStore, image_key
 from models.orm import HumanLabel, Image, SourceDataset, Subject, label_columns
 from models.schemas import ImportCandidate, ImportProblem
 from tasks.images import MAX_FILE_BYTES, ImageInfo, InvalidImage, load_candidate_bytes, validate_image
-from tasks.importers._common import bad_text
+from tasks.importers import bad_text
 
 MAX_SUBJECT = 200  # subjects.external_id
 #: Deadlocks between concurrent importers (two inserting one subject) are retried this often.

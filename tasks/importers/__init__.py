@@ -24,9 +24,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from tasks.importers._common import Importer, ImportOptions, Reader, import_base
+from tasks.importers._common import Importer, ImportOptions, Reader, bad_text, import_base, inside
 
-__all__ = ["IMPORTERS", "READERS", "SOURCES", "ImportOptions", "Importer", "Reader", "import_base"]
+__all__ = ["IMPORTERS", "READERS", "SOURCES", "ImportOptions", "Importer", "Reader", "bad_text", "import_base", "inside"]
 
 
 def _discover() -> dict[str, Importer]:
