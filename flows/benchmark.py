@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sqlalchemy import select
 
 from flows.finetune import local_checkpoint
+from models.names import Name, slug
 from models.orm import BenchmarkRun
 from core.config import get_settings
 from core.db import session_factory
@@ -41,7 +42,7 @@ SIMULATOR_NOTE = "The model is the offline simulator: these numbers rehearse the
 
 @flow(name="benchmark", flow_run_name="benchmark-{name}")
 def benchmark_flow(
-    name: str,
+    name: Name,
     model: str,
     kind: Literal["checkpoint", "endpoint"] = "checkpoint",
     base_url: str | None = None,
@@ -120,7 +121,7 @@ def benchmark_flow(
         key = f"benchmarks/{name}/{chart.name}"
         store.upload_file(key, chart)
         chart_uris.append(store.uri(key))
-    key = f"benchmark-{name}".lower().replace("_", "-")
+    key = f"benchmark-{slug(name)}"
     create_table_artifact(table_rows([(label, scores)]), key=key, description=f"FEAB scores of {model}, Table 2 layout")
     create_markdown_artifact(
         markdown + "\n\nCharts: " + ", ".join(chart_uris) + f"\n\nUnparseable answers: {scores.n_unparseable} of {scores.n}",

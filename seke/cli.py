@@ -28,6 +28,18 @@ app.add_typer(images_app, name="images")
 console = Console()
 
 
+def _valid_name(value: str | None) -> str | None:
+    """Typer callback: names that become folders and keys are checked before any work (models/names.py)."""
+    from models.names import check_name
+
+    if value is None:
+        return None
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 def progress_bar() -> Progress:
     return Progress(
         SpinnerColumn(),
@@ -191,7 +203,7 @@ def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = Non
 
 @app.command()
 def annotate(
-    run: Annotated[str, typer.Option("--run", help="Run name; re-running the same name resumes it.")],
+    run: Annotated[str, typer.Option("--run", help="Run name; re-running the same name resumes it.", callback=_valid_name)],
     limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
     max_calls: Annotated[int | None, typer.Option(min=1, help="Stop starting new images after this many calls.")] = None,
     max_cost: Annotated[float | None, typer.Option(min=0, help="Stop starting new images after this many dollars.")] = None,
@@ -290,21 +302,29 @@ def runs_show(name: str) -> None:
 
 @app.command()
 def export(
-    run: Annotated[str, typer.Argument(help="Run name.")],
+    run: Annotated[str, typer.Argument(help="Run name.", callback=_valid_name)],
     out: Annotated[Path | None, typer.Option(help="Export folder (default: <state_dir>/exports/<run>).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out even if it is a non-empty folder.")] = False,
     reference_images: Annotated[bool, typer.Option(help="Reference images by store key instead of copying them.")] = False,
 ) -> None:
     """Write a run's FEID as LLaVA JSONL + provenance sidecar + Hugging Face dataset."""
     from core.db import session_scope
     from core.store import open_store
-    from tasks.export import record_export
+    from tasks.export import ExportError, check_out_dir, record_export
 
     settings = get_settings()
+    # The default folder is ours (a re-export replaces it); an explicit --out is replaced only with --force.
+    target, overwrite = (out, force) if out is not None else (settings.resolved_state_dir / "exports" / run, True)
+    try:
+        check_out_dir(target, overwrite=overwrite)
+    except ExportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
     _ready(settings)
     with session_scope(settings) as session:
         run_row = _find_run(session, run, "RUN")
-        target = out or settings.resolved_state_dir / "exports" / run
-        export_id, result = record_export(session, open_store(settings), run_row.id, target, copy_images=not reference_images)
+        export_id, result = record_export(
+            session, open_store(settings), run_row.id, target, copy_images=not reference_images, overwrite=overwrite
+        )
     console.print(f"[green]{result.records} instructions[/green] exported to {result.path} (export id {export_id})")
 
 
@@ -350,7 +370,7 @@ def _train_config(path: Path | None) -> dict | None:
 
 @app.command()
 def finetune(
-    name: Annotated[str, typer.Option(help="Training run name; re-running it resumes.")],
+    name: Annotated[str, typer.Option(help="Training run name; re-running it resumes.", callback=_valid_name)],
     export_id: Annotated[int, typer.Option(help="Export to train on (`seke export` prints it).")],
     base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields (defaults: paper §4.2).")] = None,
@@ -368,7 +388,7 @@ def finetune(
 @app.command()
 def benchmark(
     model: Annotated[str, typer.Option(help="Checkpoint dir / store:<prefix>, or the model name of an endpoint.")],
-    name: Annotated[str | None, typer.Option(help="Benchmark run name (default: derived from the model).")] = None,
+    name: Annotated[str | None, typer.Option(help="Benchmark run name (default: derived from the model).", callback=_valid_name)] = None,
     endpoint: Annotated[bool, typer.Option(help="Score an OpenAI-compatible endpoint (SEKE_VLLM_BASE_URL or --base-url).")] = False,
     base_url: Annotated[str | None, typer.Option(help="Endpoint URL, overriding SEKE_VLLM_BASE_URL.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score at most the first N FEAB images.")] = None,
@@ -377,14 +397,16 @@ def benchmark(
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
     _prefect_defaults()
     from flows.benchmark import benchmark_flow
+    from models.names import derived_name
 
     settings = get_settings()
     _ready(settings)
-    run_name = name or "feab-" + model.replace("/", "-").replace(":", "-")
     with ExitStack() as stack:
         if endpoint and not (base_url or settings.vllm_base_url):
-            # Nothing configured: rehearse against the simulator, whose model name replaces --model.
+            # Nothing configured: rehearse against the simulator, whose model name replaces --model
+            # (and names the run: the scores are the simulator's, not --model's).
             base_url, model = stack.enter_context(_endpoint(settings))
+        run_name = name or derived_name("feab-" + model)
         result = benchmark_flow(
             name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit,
             parser_model=parser_model,
@@ -407,7 +429,7 @@ def _print_scores(result: dict) -> None:
 
 @app.command()
 def pipeline(
-    run: Annotated[str, typer.Option("--run", help="Annotation run name; the chain's other names derive from it.")],
+    run: Annotated[str, typer.Option("--run", help="Annotation run name; the chain's other names derive from it.", callback=_valid_name)],
     limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
     base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields.")] = None,
@@ -495,7 +517,7 @@ def demo(
 
 @app.command()
 def audit(
-    name: Annotated[str, typer.Option(help="Audit name; its 12 runs are named after it. Re-running resumes.")],
+    name: Annotated[str, typer.Option(help="Audit name; its 12 runs are named after it. Re-running resumes.", callback=_valid_name)],
     limit: Annotated[int, typer.Option(min=1, help="Images with all three human descriptions to audit.")] = 20,
     seed: int = 0,
     concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,

@@ -8,8 +8,11 @@ Layout of an export directory:
     hf/               the same records as a Hugging Face `datasets` dataset (save_to_disk)
     manifest.json     run, model, prompt versions, code version, counts: the record travels with the data
 
-The directory is written under a temporary name and renamed when complete,
-so a crash never leaves a half-written export behind.
+The directory is written under a fresh temporary name beside it and renamed
+when complete, so a crash never leaves a half-written export behind. Nothing
+but the export folder itself is ever replaced, and a non-empty one only when
+the caller says so (`overwrite`: `seke export --force`, or the default folder
+under the state directory, which is ours).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,18 @@ from sqlalchemy.orm import Session
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
 from core.store import ObjectStore, upload_dir
 from core.version import code_version
+
+
+class ExportError(ValueError):
+    pass
+
+
+def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse (ExportError) a target that is not a folder, or a non-empty folder unless `overwrite`."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ExportError(f"{out_dir} exists and is not a folder: choose another --out")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} exists and is not empty: choose another --out, or pass --force to replace it")
 
 
 @dataclass(frozen=True)
@@ -59,17 +75,40 @@ def _provenance(session: Session, run_id: int, image_ids: list[int]) -> dict[int
 
 
 def export_run(
-    session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True, batch: int = 500
+    session: Session,
+    store: ObjectStore,
+    run_id: int,
+    out_dir: Path,
+    *,
+    copy_images: bool = True,
+    overwrite: bool = False,
+    batch: int = 500,
 ) -> ExportResult:
-    """Write the run's finished images as an FEID export at `out_dir` (replaced if it exists)."""
-    import datasets
-
+    """Write the run's finished images as an FEID export at `out_dir` (a non-empty one only if `overwrite`)."""
     run = session.get(Run, run_id)
     if run is None:
         raise ValueError(f"no run with id {run_id}")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
+    check_out_dir(out_dir, overwrite=overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        _write_export(session, store, run, staging, copy_images=copy_images, batch=batch)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = json.loads((staging / "manifest.json").read_text())
+    check_out_dir(out_dir, overwrite=overwrite)  # still true after the (long) write
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return ExportResult(out_dir, manifest["records"], manifest)
+
+
+def _write_export(session: Session, store: ObjectStore, run: Run, staging: Path, *, copy_images: bool, batch: int) -> None:
+    import datasets
+
+    run_id = run.id
+    (staging / "images").mkdir()
 
     rows = session.execute(
         select(Instruction, Image)
@@ -137,9 +176,6 @@ def export_run(
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     datasets.disable_progress_bars()  # the CLI shows its own progress
     datasets.Dataset.from_list(records).save_to_disk(str(staging / "hf"))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return ExportResult(out_dir, len(records), manifest)
 
 
 def export_prefix(run_name: str) -> str:
@@ -147,13 +183,13 @@ def export_prefix(run_name: str) -> str:
 
 
 def record_export(
-    session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True
+    session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True, overwrite: bool = False
 ) -> tuple[int, ExportResult]:
     """Export the run, upload it to the object store and record it (lineage: run → export → training).
 
     Returns the export's id: training flows on other machines fetch the export by it.
     """
-    result = export_run(session, store, run_id, out_dir, copy_images=copy_images)
+    result = export_run(session, store, run_id, out_dir, copy_images=copy_images, overwrite=overwrite)
     uri = upload_dir(store, out_dir, export_prefix(result.manifest["run"]))
     export = Export(run_id=run_id, uri=uri, records=result.records, manifest=result.manifest)
     session.add(export)
