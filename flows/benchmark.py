@@ -20,6 +20,7 @@ from models.names import Name, slug
 from models.orm import BenchmarkRun
 from core.config import get_settings
 from core.db import session_factory
+from core.redact import redact_url
 from core.store import open_store
 from core.version import code_version
 from tasks.annotate import store_prompt
@@ -64,7 +65,7 @@ def benchmark_flow(
     prompt = benchmark_prompt()
     config = {
         "kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-        "base_url": base_url, "parser_model": parser_model,
+        "base_url": redact_url(base_url) if base_url else None, "parser_model": parser_model,
     }  # fmt: skip
     with sessions.begin() as session:
         store_prompt(session, prompt)

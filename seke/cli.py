@@ -19,7 +19,10 @@ from core.config import Settings, get_settings
 if TYPE_CHECKING:
     from simulator.server import SimulatorConfig
 
-app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
+# No locals in tracebacks: they would print endpoint URLs (and any key in them) to the console.
+app = typer.Typer(
+    help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 images_app = typer.Typer(help="Imported images.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -396,13 +399,19 @@ def benchmark(
 ) -> None:
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
     _prefect_defaults()
+    import os
+
     from flows.benchmark import benchmark_flow
     from models.names import derived_name
 
     settings = get_settings()
     _ready(settings)
+    if base_url:
+        # A URL may carry a key (?api-key=…): it reaches the flow through the environment, never as a flow
+        # parameter, which Prefect would store and show.
+        os.environ["SEKE_VLLM_BASE_URL"], base_url, settings = base_url, None, get_settings()
     with ExitStack() as stack:
-        if endpoint and not (base_url or settings.vllm_base_url):
+        if endpoint and not settings.vllm_base_url:
             # Nothing configured: rehearse against the simulator, whose model name replaces --model
             # (and names the run: the scores are the simulator's, not --model's).
             base_url, model = stack.enter_context(_endpoint(settings))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Task, fields_of, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
+from core.redact import redact_text
 from core.store import ObjectStore, StoreError
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
@@ -278,7 +279,7 @@ class Annotator:
         except TransientCallError as exc:
             raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
         except PermanentCallError as exc:
-            self.budget.abort(f"endpoint refused a request: {exc}")
+            self.budget.abort(redact_text(f"endpoint refused a request: {exc}"))
             raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
         self.budget.add(result)
         return self._persist_call(image.id, db_stage, index, prompt, result, state), True
@@ -304,8 +305,9 @@ class Annotator:
         try:
             return self._annotate(image_id)
         except ImageFailed as exc:
-            self._mark(image_id, "failed", str(exc))
-            return ImageOutcome(image_id, "failed", reason=str(exc))
+            reason = redact_text(str(exc))  # stored, logged and shown: no credentials from a URL
+            self._mark(image_id, "failed", reason)
+            return ImageOutcome(image_id, "failed", reason=reason)
 
     def _annotate(self, image_id: int) -> ImageOutcome:
         image, known, human_ids, state = self._load(image_id)

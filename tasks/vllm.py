@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from models.answers import json_schema_for
 from core.config import Settings
+from core.redact import redact_url
 from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
 from tasks.ratelimit import RateLimiter
 
@@ -99,7 +100,7 @@ class VLLMConfig(BaseModel):
         raise ValueError(f"unknown stage {stage!r}; expected {SAMPLE_STAGE}, {SUMMARY_STAGE} or {REWRITE_STAGE}")
 
     def public_snapshot(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"api_key"})
+        return {**self.model_dump(mode="json", exclude={"api_key"}), "base_url": redact_url(self.base_url)}
 
 
 @dataclass
@@ -292,7 +293,7 @@ def _status_detail(exc: openai.APIStatusError) -> str:
 
 def _permanent_message(exc: openai.APIStatusError, config: VLLMConfig) -> str:
     status = exc.status_code
-    where = f"{config.base_url} (model {config.model!r})"
+    where = f"{redact_url(config.base_url)} (model {config.model!r})"
     detail = _status_detail(exc)
     if status in (401, 403):
         return f"{where} refused the credentials ({detail}); set SEKE_VLLM_API_KEY to a valid key for this endpoint"
@@ -355,7 +356,7 @@ class VLLMClient:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.text}]
         record: dict[str, Any] = {
             "stage": stage,
-            "base_url": self.config.base_url,
+            "base_url": redact_url(self.config.base_url),
             "model": self.config.model,
             "prompt_name": prompt.name,
             "prompt_version": prompt.version,
