@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -29,6 +30,15 @@ app.add_typer(db_app, name="db")
 app.add_typer(images_app, name="images")
 
 console = Console()
+
+
+@app.callback()
+def _main() -> None:
+    # SIGTERM ends a command like Ctrl-C does, through normal exit (servers this process started are stopped):
+    # Python's default for SIGTERM is to die on the spot.
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _valid_name(value: str | None) -> str | None:
@@ -176,7 +186,8 @@ def _prefect_defaults() -> None:
     - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
       state directories never share, and lock, one database;
     - no analytics heartbeat (nothing outside this machine is reachable anyway);
-    - no Hugging Face progress bars between our own.
+    - no Hugging Face progress bars between our own;
+    - a temporary Prefect API server that never outlives this process (flows/api_server.py).
     """
     import os
 
@@ -185,6 +196,9 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from flows.api_server import install
+
+    install()  # Prefect's temporary API server stops itself if this process is killed
 
 
 @contextmanager
