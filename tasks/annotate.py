@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
+from models.answers import RewriteAnswer, bounded_raw_text, labels_from_answer, sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Task, fields_of, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from core.redact import redact_text
@@ -208,7 +208,7 @@ class Annotator:
                     sample_index=index,
                     prompt_sha256=prompt.sha256,
                     request_params=result.request_params,
-                    raw_text=result.raw_text,
+                    raw_text=bounded_raw_text(result.raw_text),
                     parsed=result.parsed,
                     valid=result.valid,
                     error=result.error,

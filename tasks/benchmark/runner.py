@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.answers import bounded_raw_text
 from models.labels import FaceLabels, Split
 from models.orm import BenchmarkAnswer, HumanLabel, Image
 from core.store import ObjectStore
@@ -57,7 +58,11 @@ def store_answer(
     raw_text: str,
     fallback: Callable[[str], ParsedAnswer] | None = None,
 ) -> ParsedAnswer:
-    """Parse (JSON, then text; `fallback`, e.g. the LLM parser, for what neither could read) and store."""
+    """Parse (JSON, then text; `fallback`, e.g. the LLM parser, for what neither could read) and store.
+
+    Only the first MAX_RAW_TEXT characters are parsed and stored (with a marker): an answer is a few KB.
+    """
+    raw_text = bounded_raw_text(raw_text)
     parsed = parse_answer(raw_text)
     if parsed.method == "none" and fallback is not None:
         parsed = fallback(raw_text)
