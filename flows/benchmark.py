@@ -29,6 +29,7 @@ from tasks.benchmark.paper import table2_markdown, table_rows
 from tasks.benchmark.prompt import benchmark_prompt
 from tasks.vllm import VLLMClient, VLLMConfig
 from tasks.benchmark.runner import (
+    ENDPOINT_TEMPERATURE,
     answer_with_checkpoint,
     answer_with_endpoint,
     answered,
@@ -53,11 +54,14 @@ def benchmark_flow(
     max_new_tokens: int = 200,
     concurrency: int = 8,
     parser_model: str | None = None,
+    temperature: float = ENDPOINT_TEMPERATURE,
 ) -> dict[str, Any]:
     """Score `model` on FEAB; re-running a name resumes its unanswered images.
 
     `parser_model` (a model at `base_url` / SEKE_VLLM_BASE_URL) re-reads answers that
-    neither the JSON nor the text parser could read, as in the paper's Appendix C.
+    neither the JSON nor the text parser could read, as in the paper's Appendix C. `temperature` is the
+    endpoint's sampling temperature (default: the one the paper's rows were measured at, see
+    tasks/benchmark/runner.py); checkpoints answer greedily.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -66,6 +70,7 @@ def benchmark_flow(
     config = {
         "kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
         "base_url": redact_url(base_url) if base_url else None, "parser_model": parser_model,
+        "temperature": temperature if kind == "endpoint" else 0.0,
     }  # fmt: skip
     with sessions.begin() as session:
         store_prompt(session, prompt)
@@ -97,7 +102,9 @@ def benchmark_flow(
 
         if todo and kind == "endpoint":
             client = stack.enter_context(client_for(model))
-            answer_with_endpoint(todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer)
+            answer_with_endpoint(
+                todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer, temperature=temperature
+            )
         elif todo:
             model_dir = local_checkpoint(model, store, settings.resolved_state_dir / "cache" / "models")
             answer_with_checkpoint(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -218,6 +219,13 @@ def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = Non
         yield base_url, config.model_name
 
 
+class Normaliser(StrEnum):
+    """UAMCConfig.normaliser's choices (tasks/uamc.py)."""
+
+    fixed = "fixed"
+    attainable = "attainable"
+
+
 @app.command()
 def annotate(
     run: Annotated[str, typer.Option("--run", help="Run name; re-running the same name resumes it.", callback=_valid_name)],
@@ -231,6 +239,9 @@ def annotate(
     no_prior: Annotated[bool, typer.Option("--no-prior", help="Ablation: no human labels or knowledge in prompts.")] = False,
     no_uamc: Annotated[bool, typer.Option("--no-uamc", help="Ablation: one sample per image.")] = False,
     max_samples: Annotated[int, typer.Option(min=1, help="UAMC's N.")] = 5,
+    normaliser: Annotated[
+        Normaliser, typer.Option(help="UAMC uncertainty normaliser: fixed (largest variance) or attainable (largest reachable with S_n samples).")
+    ] = Normaliser.fixed,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
     _prefect_defaults()
@@ -240,7 +251,8 @@ def annotate(
 
     settings = get_settings()
     _ready(settings)
-    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
+    uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
+    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc)
     with _endpoint(settings) as (base_url, model):
         result = annotate_flow(
             run_name=run,
@@ -439,7 +451,9 @@ def benchmark(
 
 def _print_scores(result: dict) -> None:
     """The headline columns of Table 2 (per-AU F1 is in the artifact, the charts and the database)."""
-    columns = ["Method", "EXP Acc (%)", "AU All F1 (%)", "Valence MAE", "Arousal MAE"]
+    from tasks.benchmark.paper import SCORED_AU_MEAN_COLUMN, TABLE2_ALL_COLUMN
+
+    columns = ["Method", "EXP Acc (%)", TABLE2_ALL_COLUMN, SCORED_AU_MEAN_COLUMN, "Valence MAE", "Arousal MAE"]
     table = Table(*columns, title="FEAB (rows marked (paper) are the SEKE paper's published Table 2, not this code)")
     for row in result["rows"]:
         table.add_row(*("–" if row[c] is None else f"{row[c]:.3f}" if "MAE" in c else str(row[c]) for c in columns))

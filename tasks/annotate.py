@@ -346,7 +346,7 @@ class Annotator:
                     draw()
                     step_number += 1
 
-        stats = task_statistics(missing, samples) if samples else {}
+        stats = task_statistics(missing, samples, self.config.uamc.normaliser) if samples else {}
         summary_call, made = self._valid_answer(
             image,
             data,

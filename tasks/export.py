@@ -3,7 +3,9 @@
 Layout of an export directory:
 
     feid.jsonl        {"id", "image", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
-    provenance.jsonl  per image: every field's value, provenance, uncertainty, samples, call ids
+    provenance.jsonl  per image: every field's value, provenance, uncertainty, samples, call ids; a generated
+                      AU carries its task's uncertainty (`uncertainty`, what UAMC decided on) and its own
+                      (`au_uncertainty` = p(1−p)/0.25, p = `present_fraction` of the valid samples)
     images/           the images (copy_images=True), else "image" is the object-store key
     hf/               the same records as a Hugging Face `datasets` dataset (save_to_disk)
     manifest.json     run, model, prompt versions, code version, counts: the record travels with the data
@@ -29,9 +31,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.labels import ACTION_UNITS
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
 from core.store import ObjectStore, upload_dir
 from core.version import code_version
+from tasks.annotate import DB_STAGE
+from tasks.prompts import SAMPLE_STAGE
+
+SAMPLE_DB_STAGE = DB_STAGE[SAMPLE_STAGE]  # the stage name UAMC's sample calls are stored under
 
 
 class ExportError(ValueError):
@@ -53,7 +60,24 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
+def _au_fractions(session: Session, run_id: int, image_ids: list[int]) -> dict[int, dict[str, float]]:
+    """Per image, the share of its valid UAMC samples in which each AU is present."""
+    answers: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for image_id, parsed in session.execute(
+        select(VLLMCall.image_id, VLLMCall.parsed).where(
+            VLLMCall.run_id == run_id, VLLMCall.image_id.in_(image_ids), VLLMCall.stage == SAMPLE_DB_STAGE, VLLMCall.valid
+        )
+    ):
+        if isinstance((parsed or {}).get("aus"), dict):
+            answers[image_id].append(parsed["aus"])
+    return {
+        image_id: {au: sum(bool(s.get(au)) for s in samples) / len(samples) for au in ACTION_UNITS}
+        for image_id, samples in answers.items()
+    }
+
+
 def _provenance(session: Session, run_id: int, image_ids: list[int]) -> dict[int, dict[str, Any]]:
+    fractions = _au_fractions(session, run_id, image_ids)
     rows = session.execute(
         select(Annotation, HumanLabel.source_file)
         .outerjoin(HumanLabel, Annotation.human_label_id == HumanLabel.id)
@@ -70,6 +94,9 @@ def _provenance(session: Session, run_id: int, image_ids: list[int]) -> dict[int
                 uncertainty=annotation.uncertainty,
                 samples_used=annotation.samples_used,
             )
+            p = fractions.get(annotation.image_id, {}).get(annotation.field)
+            if p is not None:  # an AU: its own Bernoulli variance, normalised like the task's (max 0.25)
+                entry.update(present_fraction=round(p, 4), au_uncertainty=round(p * (1 - p) / 0.25, 4))
         fields[annotation.image_id][annotation.field] = entry
     return fields
 
