@@ -38,7 +38,7 @@ def check_key(key: str) -> str:
         return key  # the whole store (a listing prefix)
     parts = key.rstrip("/").split("/")
     if key.startswith("/") or "\\" in key or "\0" in key or any(part in ("", ".", "..") for part in parts):
-        raise StoreError(f"object key {key!r} is not allowed: keys are relative paths without '.' or '..' segments")
+        raise StoreError(f"object key {key!r} could point outside its folder: keys are relative paths without '.' or '..' segments")
     return key
 
 
@@ -69,7 +69,7 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        path = (self.root / check_key(key)).resolve()
         if path != self.root and self.root not in path.parents:
             raise StoreError(f"object key {key!r} points outside the store at {self.root}")
         return path

@@ -51,6 +51,10 @@ def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
         raise ExportError(f"{out_dir} exists and is not a folder: choose another --out")
     if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty: choose another --out, or pass --force to replace it")
+    resolved = out_dir.resolve()
+    for kept in (Path.cwd(), Path.home()):
+        if resolved == kept or resolved in kept.parents:  # even --force never replaces these (or "/")
+            raise ExportError(f"{out_dir} holds {kept}: choose a folder of its own for --out")
 
 
 @dataclass(frozen=True)

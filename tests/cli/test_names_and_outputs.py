@@ -75,7 +75,7 @@ def test_s3_keys_with_dot_dot_never_leave_the_download_folder(s3_settings: Setti
     # S3 accepts any key: plant one that climbs out, as a hostile bucket could hold.
     store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/exports/run/../../../../escaped.txt", Body=b"x")
     target = tmp_path / "deep" / "down" / "here"
-    with pytest.raises(StoreError, match="not allowed"):
+    with pytest.raises(StoreError, match="outside"):
         download_prefix(store, "exports/run", target)
     assert not list(tmp_path.rglob("escaped.txt"))
     assert not target.exists()  # keys are checked before anything is written
@@ -88,3 +88,9 @@ def test_local_checkpoint_refuses_a_store_prefix_that_climbs(tmp_path: Path) -> 
     for spec in ("store:..", "store:../x", "store:"):
         with pytest.raises((StoreError, FileNotFoundError)):
             local_checkpoint(spec, store, tmp_path / "cache" / "models")
+
+
+def test_force_never_replaces_the_working_or_home_folder_or_their_parents(env: Settings) -> None:
+    for out in (Path.cwd(), Path.home(), Path("/")):
+        result = CliRunner().invoke(app, ["export", "some-run", "--out", str(out), "--force"])
+        assert result.exit_code == 2 and "folder of its own" in result.output, result.output

@@ -8,6 +8,7 @@ of an annotation run against a slow simulator.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -59,6 +60,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     from core.pgserver import _server_user, _stop
 
     _stop(state_dir / "postgres", _server_user())  # a safety net: the last client's guardian stops it
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _postmaster_running(pgdata: Path) -> bool:
