@@ -20,6 +20,7 @@ Rules (README "Embedded PostgreSQL"):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -92,15 +93,20 @@ def _private_folder(path: Path, owner: int) -> Path:
     return path
 
 
-def socket_folder(pgdata: Path, user: str | None) -> Path:
-    """Where the server's socket lives: the data folder if the path fits a socket, else a private temp folder."""
+def _socket_path(pgdata: Path) -> Path:
     if len(str(pgdata / SOCKET_NAME)) <= MAX_SOCKET_PATH:
         return pgdata
     digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"seke-pg-{digest}"
     if len(str(folder / SOCKET_NAME)) > MAX_SOCKET_PATH:
         folder = Path("/tmp") / f"seke-pg-{digest}"
-    return _private_folder(folder, _uid(user))
+    return folder
+
+
+def socket_folder(pgdata: Path, user: str | None) -> Path:
+    """Where the server's socket lives: the data folder if the path fits a socket, else a private temp folder."""
+    folder = _socket_path(pgdata)
+    return folder if folder == pgdata else _private_folder(folder, _uid(user))
 
 
 def _clients_file(pgdata: Path) -> Path:
@@ -228,6 +234,9 @@ def release(pgdata: Path, client: list[float], user: str | None) -> None:
         _write_clients(pgdata, clients)
         if not clients:
             _stop(pgdata, user)
+            if (folder := _socket_path(pgdata)) != pgdata:
+                with contextlib.suppress(OSError):  # not empty: something else lives there; leave it
+                    folder.rmdir()
 
 
 def _guard(pgdata: str, client: str, user: str) -> None:
