@@ -24,3 +24,12 @@ def test_long_output_is_stored_truncated_with_a_marker() -> None:
     assert bounded_raw_text("short") == "short"
     stored = bounded_raw_text("z" * (MAX_RAW_TEXT + 500))
     assert stored.startswith("z" * MAX_RAW_TEXT) and stored.endswith("500 more characters not stored]")
+
+
+def test_benchmark_parser_survives_hostile_answers() -> None:
+    from tasks.benchmark.parse import parse_answer
+
+    for hostile in ('{"a":' * 10000, "{" * 60000, '{"a": 1, ' * 6000, '{"a": [' + "1," * 30000):
+        assert parse_answer(hostile).method == "none"  # no RecursionError, no answer invented
+    cut = parse_answer('noise {"a":' * 50 + ' {"expression": "happiness", "aus": {"AU6": true, "AU12": tr')
+    assert cut.labels.expression == "happiness"
