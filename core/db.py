@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
+from core.redact import redact_url
 
 DATABASE_NAME = "seke"
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def database_url(settings: Settings) -> str:
 
 
 def display_url(settings: Settings) -> str:
-    """The URL with any password masked, for printing."""
-    return make_url(database_url(settings)).render_as_string(hide_password=True)
+    """The URL with any password (and credential-like query values) masked, for printing."""
+    return redact_url(make_url(database_url(settings)).render_as_string(hide_password=True))
 
 
 @cache

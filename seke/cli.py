@@ -422,6 +422,9 @@ def benchmark(
     base_url: Annotated[str | None, typer.Option(help="Endpoint URL, overriding SEKE_VLLM_BASE_URL.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score at most the first N FEAB images.")] = None,
     parser_model: Annotated[str | None, typer.Option(help="Endpoint model that re-reads answers no parser could read.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0, max=2, help="Endpoint sampling temperature (default 1: how the paper's rows were measured).")
+    ] = None,
 ) -> None:
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
     _prefect_defaults()
@@ -444,7 +447,7 @@ def benchmark(
         run_name = name or derived_name("feab-" + model)
         result = benchmark_flow(
             name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit,
-            parser_model=parser_model,
+            parser_model=parser_model, **({} if temperature is None else {"temperature": temperature}),
         )  # fmt: skip
     _print_scores(result)
 
