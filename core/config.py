@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.redact import redact_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEKE_", env_file=".env", extra="ignore")
@@ -67,6 +69,9 @@ class Settings(BaseSettings):
         """The settings as stored with a run: secrets and credentials left out."""
         data = self.model_dump(mode="json", exclude={"database_url", "s3_access_key_id", "s3_secret_access_key", "vllm_api_key"})
         data["database"] = "external" if self.database_url else "embedded"
+        for key in ("vllm_base_url", "store_url", "s3_endpoint_url"):
+            if data[key]:
+                data[key] = redact_url(data[key])
         return data
 
 

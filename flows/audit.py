@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.annotate import annotate_flow
 from models.labels import Task
+from models.names import Name, check_name, slug
 from core.config import get_settings
 from core.db import session_factory
 from tasks.annotate import AnnotateConfig
@@ -30,7 +31,7 @@ from tasks.vllm import VLLMConfig
 
 @flow(name="audit", flow_run_name="audit-{name}")
 def audit_flow(
-    name: str,
+    name: Name,
     limit: int = 20,
     base_url: str | None = None,
     model: str | None = None,
@@ -41,6 +42,9 @@ def audit_flow(
     logger = get_run_logger()
     settings = get_settings()
     sessions = session_factory(settings)
+    for ablation in ABLATIONS:  # the runs' names derive from the audit's: checked before any call
+        for task in Task:
+            check_name(f"{name}-{ablation.slug}-mask-{task.value}", "audit run name")
     endpoint_model = VLLMConfig.from_settings(settings, base_url=base_url, model=model).model  # fails fast without one
     with sessions() as session:
         image_ids = complete_images(session, limit=limit)
@@ -78,7 +82,7 @@ def audit_flow(
     table = ablation_table(rows, model=endpoint_model)
     create_markdown_artifact(
         f"# Audit {name}\n\n{table}\n",
-        key=f"audit-{name.lower().replace('_', '-')}",
+        key=f"audit-{slug(name)}",
         description="Regenerated vs. human labels per Table 4 setting (SEKE §4.5.2)",
     )
     return {"table": table, "rows": [asdict(row) for row in rows]}

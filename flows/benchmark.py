@@ -16,9 +16,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sqlalchemy import select
 
 from flows.finetune import local_checkpoint
+from models.names import Name, slug
 from models.orm import BenchmarkRun
 from core.config import get_settings
 from core.db import session_factory
+from core.redact import redact_url
 from core.store import open_store
 from core.version import code_version
 from tasks.annotate import store_prompt
@@ -27,6 +29,7 @@ from tasks.benchmark.paper import table2_markdown, table_rows
 from tasks.benchmark.prompt import benchmark_prompt
 from tasks.vllm import VLLMClient, VLLMConfig
 from tasks.benchmark.runner import (
+    ENDPOINT_TEMPERATURE,
     answer_with_checkpoint,
     answer_with_endpoint,
     answered,
@@ -41,7 +44,7 @@ SIMULATOR_NOTE = "The model is the offline simulator: these numbers rehearse the
 
 @flow(name="benchmark", flow_run_name="benchmark-{name}")
 def benchmark_flow(
-    name: str,
+    name: Name,
     model: str,
     kind: Literal["checkpoint", "endpoint"] = "checkpoint",
     base_url: str | None = None,
@@ -51,11 +54,14 @@ def benchmark_flow(
     max_new_tokens: int = 200,
     concurrency: int = 8,
     parser_model: str | None = None,
+    temperature: float = ENDPOINT_TEMPERATURE,
 ) -> dict[str, Any]:
     """Score `model` on FEAB; re-running a name resumes its unanswered images.
 
     `parser_model` (a model at `base_url` / SEKE_VLLM_BASE_URL) re-reads answers that
-    neither the JSON nor the text parser could read, as in the paper's Appendix C.
+    neither the JSON nor the text parser could read, as in the paper's Appendix C. `temperature` is the
+    endpoint's sampling temperature (default: the one the paper's rows were measured at, see
+    tasks/benchmark/runner.py); checkpoints answer greedily.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -63,7 +69,8 @@ def benchmark_flow(
     prompt = benchmark_prompt()
     config = {
         "kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-        "base_url": base_url, "parser_model": parser_model,
+        "base_url": redact_url(base_url) if base_url else None, "parser_model": parser_model,
+        "temperature": temperature if kind == "endpoint" else 0.0,
     }  # fmt: skip
     with sessions.begin() as session:
         store_prompt(session, prompt)
@@ -95,7 +102,9 @@ def benchmark_flow(
 
         if todo and kind == "endpoint":
             client = stack.enter_context(client_for(model))
-            answer_with_endpoint(todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer)
+            answer_with_endpoint(
+                todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer, temperature=temperature
+            )
         elif todo:
             model_dir = local_checkpoint(model, store, settings.resolved_state_dir / "cache" / "models")
             answer_with_checkpoint(
@@ -120,7 +129,7 @@ def benchmark_flow(
         key = f"benchmarks/{name}/{chart.name}"
         store.upload_file(key, chart)
         chart_uris.append(store.uri(key))
-    key = f"benchmark-{name}".lower().replace("_", "-")
+    key = f"benchmark-{slug(name)}"
     create_table_artifact(table_rows([(label, scores)]), key=key, description=f"FEAB scores of {model}, Table 2 layout")
     create_markdown_artifact(
         markdown + "\n\nCharts: " + ", ".join(chart_uris) + f"\n\nUnparseable answers: {scores.n_unparseable} of {scores.n}",

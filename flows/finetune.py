@@ -19,10 +19,11 @@ from prefect import flow, get_run_logger
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from models.names import Name
 from models.orm import Checkpoint, Export, TrainingRun
 from core.config import Settings, get_settings
 from core.db import session_factory
-from core.store import ObjectStore, download_prefix, open_store, upload_dir
+from core.store import ObjectStore, check_key, confined_path, download_prefix, open_store, upload_dir
 from core.version import code_version
 
 
@@ -38,8 +39,9 @@ def fetch_export(store: ObjectStore, export: Export, cache: Path) -> Path:
     if export.manifest.get("images") == "object-store keys":
         for line in (local / "feid.jsonl").read_text().splitlines():
             key = json.loads(line)["image"]
-            if not (local / key).exists():
-                store.download_file(key, local / key)
+            target = confined_path(local, key)  # an export's keys never write outside its folder
+            if not target.exists():
+                store.download_file(key, target)
     return local
 
 
@@ -49,8 +51,10 @@ STORE_PREFIX = "store:"
 def local_checkpoint(spec: str, store: ObjectStore, cache: Path) -> Path:
     """A checkpoint directory from `store:<prefix>` (fetched once into `cache`) or a local path."""
     if spec.startswith(STORE_PREFIX):
-        prefix = spec.removeprefix(STORE_PREFIX)
-        local = cache / prefix.replace("/", "__")
+        prefix = check_key(spec.removeprefix(STORE_PREFIX).strip("/"))
+        if not prefix:
+            raise FileNotFoundError(f"checkpoint {spec!r} names no prefix: use {STORE_PREFIX}<prefix>")
+        local = cache / prefix.replace("/", "__")  # one folder under the cache (no segment is "." or "..")
         if not (local / "config.json").exists():
             download_prefix(store, prefix, local)
         return local
@@ -119,7 +123,7 @@ def _restore_latest_checkpoint(sessions, store: ObjectStore, run_id: int, name: 
 
 @flow(name="finetune", flow_run_name="finetune-{name}")
 def finetune_flow(
-    name: str,
+    name: Name,
     export_id: int,
     base_model: str | None = None,
     train_config: dict[str, Any] | None = None,

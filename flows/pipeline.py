@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from flows.annotate import annotate_flow
 from flows.benchmark import benchmark_flow
 from flows.finetune import finetune_flow
+from models.names import Name, check_name
 from models.orm import Export, Instruction, Run
 from core.config import get_settings
 from core.db import session_factory
@@ -57,14 +58,14 @@ def export_for(run_name: str) -> int:
         if latest is not None and (last_finished is None or latest.created_at >= last_finished):
             return latest.id
         export_id, _ = record_export(
-            session, open_store(settings), run.id, settings.resolved_state_dir / "exports" / run_name
+            session, open_store(settings), run.id, settings.resolved_state_dir / "exports" / run_name, overwrite=True
         )
         return export_id
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{run_name}")
 def pipeline_flow(
-    run_name: str,
+    run_name: Name,
     limit: int | None = None,
     annotate_config: AnnotateConfig | None = None,
     base_url: str | None = None,
@@ -77,6 +78,9 @@ def pipeline_flow(
 ) -> dict[str, Any]:
     """Annotate `run_name`, then export it, fine-tune on it and benchmark the result."""
     logger = get_run_logger()
+    # The chain's names derive from the run's: checked before any call is paid for.
+    finetune_name = check_name(f"{run_name}-finetune", "fine-tune name")
+    benchmark_name = check_name(f"{finetune_name}-feab", "benchmark name")
     annotated = annotate_flow(
         run_name=run_name, config=annotate_config, limit=limit, base_url=base_url, model=model, concurrency=concurrency
     )
@@ -85,8 +89,7 @@ def pipeline_flow(
         logger.warning("run %s did not complete (%s): not exporting or training; re-run to resume", run_name, reason)
         return {"annotate": annotated, "stopped": reason}
     export_id = export_for(run_name)
-    finetune_name = f"{run_name}-finetune"
-    benchmark = {"name": f"{finetune_name}-feab", "kind": "checkpoint", "limit": benchmark_limit}
+    benchmark = {"name": benchmark_name, "kind": "checkpoint", "limit": benchmark_limit}
     if via_deployments:
         started = trigger(
             "finetune",

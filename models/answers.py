@@ -10,6 +10,8 @@ not validate is data about the model: callers store it with the reason
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Annotated, Any
@@ -130,3 +132,74 @@ def labels_from_answer(answer: BaseModel | Mapping[str, Any]) -> FaceLabels:
         arousal=data.get("arousal"),
         aus=dict(data.get("aus") or {}),
     )
+
+
+# --- reading the answer object out of model output ---
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+_DECODER = json.JSONDecoder()
+#: Characters of parsing allowed per character of output: bounds the whole scan to O(len(text)).
+_SCAN_BUDGET_PER_CHAR = 8
+#: First window decoded at each `{`; doubled while the object runs past it.
+_WINDOW = 2048
+
+
+def _decode_at(text: str, start: int) -> tuple[object, int]:
+    """(the JSON value starting at `start`, or None; characters of work it took).
+
+    Decoding a window rather than the whole text keeps a failure's cost bounded:
+    a JSONDecodeError counts the lines before its position, so decoding the whole
+    text at every `{` would be quadratic. The window doubles while the error is at
+    its end (the value may go on past it).
+    """
+    window, cost = _WINDOW, 0
+    while True:
+        chunk = text[start : start + window]  # a copy of at most `window` characters: constant per `{`
+        try:
+            value, end = _DECODER.raw_decode(chunk)
+            return value, cost + end
+        except json.JSONDecodeError as exc:
+            cut = exc.pos >= len(chunk) - 1 or exc.msg.startswith("Unterminated string")
+            if not cut or start + window >= len(text):
+                return None, cost + exc.pos + 1
+            cost += len(chunk)
+            window *= 2
+        except RecursionError:
+            return None, cost + len(chunk)  # nesting too deep for the decoder: no answer object
+
+
+def extract_json_object(text: str) -> dict[str, Any] | None:
+    """The answer object in `text`: the whole text, a fenced block, or the first `{` at which an object parses.
+
+    Linear in len(text): each `{` is decoded in a window that grows only while
+    the object does, and the work of all attempts is charged to a budget of a few
+    times the text's length (output that exhausts it, e.g. thousands of nested
+    unclosed objects, has no readable answer anyway).
+    """
+    for candidate in (text.strip(), *(m.group(1).strip() for m in _FENCE.finditer(text))):
+        try:
+            value = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    budget = _SCAN_BUDGET_PER_CHAR * len(text) + 4 * _WINDOW
+    start = text.find("{")
+    while start != -1 and budget > 0:
+        value, cost = _decode_at(text, start)
+        if isinstance(value, dict):
+            return value
+        budget -= cost
+        start = text.find("{", start + 1)
+    return None
+
+
+#: Longest model output stored verbatim (`raw_text` of calls and benchmark answers); answers are a few KB.
+MAX_RAW_TEXT = 65_536
+
+
+def bounded_raw_text(text: str) -> str:
+    """`text`, or its first MAX_RAW_TEXT characters and a marker saying how many were not stored."""
+    if len(text) <= MAX_RAW_TEXT:
+        return text
+    return text[:MAX_RAW_TEXT] + f"\n[seke: output truncated, {len(text) - MAX_RAW_TEXT} more characters not stored]"

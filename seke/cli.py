@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,7 +33,10 @@ if TYPE_CHECKING:
     from tasks.ingest import IngestReport
     from simulator.server import SimulatorConfig
 
-app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
+# No locals in tracebacks: they would print endpoint URLs (and any key in them) to the console.
+app = typer.Typer(
+    help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 images_app = typer.Typer(help="Imported images.", no_args_is_help=True)
 store_app = typer.Typer(help="The object store.", no_args_is_help=True)
@@ -40,6 +45,27 @@ app.add_typer(images_app, name="images")
 app.add_typer(store_app, name="store")
 
 console = Console()
+
+
+@app.callback()
+def _main() -> None:
+    # SIGTERM ends a command like Ctrl-C does, through normal exit (servers this process started are stopped):
+    # Python's default for SIGTERM is to die on the spot.
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _valid_name(value: str | None) -> str | None:
+    """Typer callback: names that become folders and keys are checked before any work (models/names.py)."""
+    from models.names import check_name
+
+    if value is None:
+        return None
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def progress_bar() -> Progress:
@@ -251,7 +277,8 @@ def _prefect_defaults() -> None:
     - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
       state directories never share, and lock, one database;
     - no analytics heartbeat (nothing outside this machine is reachable anyway);
-    - no Hugging Face progress bars between our own.
+    - no Hugging Face progress bars between our own;
+    - a temporary Prefect API server that never outlives this process (flows/api_server.py).
     """
     import os
 
@@ -260,6 +287,9 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from flows.api_server import install
+
+    install()  # Prefect's temporary API server stops itself if this process is killed
 
 
 @contextmanager
@@ -279,9 +309,16 @@ def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = Non
         yield base_url, config.model_name
 
 
+class Normaliser(StrEnum):
+    """UAMCConfig.normaliser's choices (tasks/uamc.py)."""
+
+    fixed = "fixed"
+    attainable = "attainable"
+
+
 @app.command()
 def annotate(
-    run: Annotated[str, typer.Option("--run", help="Run name; re-running the same name resumes it.")],
+    run: Annotated[str, typer.Option("--run", help="Run name; re-running the same name resumes it.", callback=_valid_name)],
     limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
     max_calls: Annotated[int | None, typer.Option(min=1, help="Stop starting new images after this many calls.")] = None,
     max_cost: Annotated[float | None, typer.Option(min=0, help="Stop starting new images after this many dollars.")] = None,
@@ -292,6 +329,9 @@ def annotate(
     no_prior: Annotated[bool, typer.Option("--no-prior", help="Ablation: no human labels or knowledge in prompts.")] = False,
     no_uamc: Annotated[bool, typer.Option("--no-uamc", help="Ablation: one sample per image.")] = False,
     max_samples: Annotated[int, typer.Option(min=1, help="UAMC's N.")] = 5,
+    normaliser: Annotated[
+        Normaliser, typer.Option(help="UAMC uncertainty normaliser: fixed (largest variance) or attainable (largest reachable with S_n samples).")
+    ] = Normaliser.fixed,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
     _prefect_defaults()
@@ -301,7 +341,8 @@ def annotate(
 
     settings = get_settings()
     _ready(settings)
-    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
+    uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
+    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc)
     with _endpoint(settings) as (base_url, model):
         result = annotate_flow(
             run_name=run,
@@ -380,21 +421,29 @@ def runs_show(name: str) -> None:
 
 @app.command()
 def export(
-    run: Annotated[str, typer.Argument(help="Run name.")],
+    run: Annotated[str, typer.Argument(help="Run name.", callback=_valid_name)],
     out: Annotated[Path | None, typer.Option(help="Export folder (default: <state_dir>/exports/<run>).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out even if it is a non-empty folder.")] = False,
     reference_images: Annotated[bool, typer.Option(help="Reference images by store key instead of copying them.")] = False,
 ) -> None:
     """Write a run's FEID as LLaVA JSONL + provenance sidecar + Hugging Face dataset."""
     from core.db import session_scope
     from core.store import open_store
-    from tasks.export import record_export
+    from tasks.export import ExportError, check_out_dir, record_export
 
     settings = get_settings()
+    # The default folder is ours (a re-export replaces it); an explicit --out is replaced only with --force.
+    target, overwrite = (out, force) if out is not None else (settings.resolved_state_dir / "exports" / run, True)
+    try:
+        check_out_dir(target, overwrite=overwrite)
+    except ExportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
     _ready(settings)
     with session_scope(settings) as session:
         run_row = _find_run(session, run, "RUN")
-        target = out or settings.resolved_state_dir / "exports" / run
-        export_id, result = record_export(session, open_store(settings), run_row.id, target, copy_images=not reference_images)
+        export_id, result = record_export(
+            session, open_store(settings), run_row.id, target, copy_images=not reference_images, overwrite=overwrite
+        )
     console.print(f"[green]{result.records} instructions[/green] exported to {result.path} (export id {export_id})")
 
 
@@ -440,7 +489,7 @@ def _train_config(path: Path | None) -> dict | None:
 
 @app.command()
 def finetune(
-    name: Annotated[str, typer.Option(help="Training run name; re-running it resumes.")],
+    name: Annotated[str, typer.Option(help="Training run name; re-running it resumes.", callback=_valid_name)],
     export_id: Annotated[int, typer.Option(help="Export to train on (`seke export` prints it).")],
     base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields (defaults: paper §4.2).")] = None,
@@ -458,33 +507,46 @@ def finetune(
 @app.command()
 def benchmark(
     model: Annotated[str, typer.Option(help="Checkpoint dir / store:<prefix>, or the model name of an endpoint.")],
-    name: Annotated[str | None, typer.Option(help="Benchmark run name (default: derived from the model).")] = None,
+    name: Annotated[str | None, typer.Option(help="Benchmark run name (default: derived from the model).", callback=_valid_name)] = None,
     endpoint: Annotated[bool, typer.Option(help="Score an OpenAI-compatible endpoint (SEKE_VLLM_BASE_URL or --base-url).")] = False,
     base_url: Annotated[str | None, typer.Option(help="Endpoint URL, overriding SEKE_VLLM_BASE_URL.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score at most the first N FEAB images.")] = None,
     parser_model: Annotated[str | None, typer.Option(help="Endpoint model that re-reads answers no parser could read.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0, max=2, help="Endpoint sampling temperature (default 1: how the paper's rows were measured).")
+    ] = None,
 ) -> None:
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
     _prefect_defaults()
+    import os
+
     from flows.benchmark import benchmark_flow
+    from models.names import derived_name
 
     settings = get_settings()
     _ready(settings)
-    run_name = name or "feab-" + model.replace("/", "-").replace(":", "-")
+    if base_url:
+        # A URL may carry a key (?api-key=…): it reaches the flow through the environment, never as a flow
+        # parameter, which Prefect would store and show.
+        os.environ["SEKE_VLLM_BASE_URL"], base_url, settings = base_url, None, get_settings()
     with ExitStack() as stack:
-        if endpoint and not (base_url or settings.vllm_base_url):
-            # Nothing configured: rehearse against the simulator, whose model name replaces --model.
+        if endpoint and not settings.vllm_base_url:
+            # Nothing configured: rehearse against the simulator, whose model name replaces --model
+            # (and names the run: the scores are the simulator's, not --model's).
             base_url, model = stack.enter_context(_endpoint(settings))
+        run_name = name or derived_name("feab-" + model)
         result = benchmark_flow(
             name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit,
-            parser_model=parser_model,
+            parser_model=parser_model, **({} if temperature is None else {"temperature": temperature}),
         )  # fmt: skip
     _print_scores(result)
 
 
 def _print_scores(result: dict) -> None:
     """The headline columns of Table 2 (per-AU F1 is in the artifact, the charts and the database)."""
-    columns = ["Method", "EXP Acc (%)", "AU All F1 (%)", "Valence MAE", "Arousal MAE"]
+    from tasks.benchmark.paper import SCORED_AU_MEAN_COLUMN, TABLE2_ALL_COLUMN
+
+    columns = ["Method", "EXP Acc (%)", TABLE2_ALL_COLUMN, SCORED_AU_MEAN_COLUMN, "Valence MAE", "Arousal MAE"]
     table = Table(*columns, title="FEAB (rows marked (paper) are the SEKE paper's published Table 2, not this code)")
     for row in result["rows"]:
         table.add_row(*("–" if row[c] is None else f"{row[c]:.3f}" if "MAE" in c else str(row[c]) for c in columns))
@@ -497,7 +559,7 @@ def _print_scores(result: dict) -> None:
 
 @app.command()
 def pipeline(
-    run: Annotated[str, typer.Option("--run", help="Annotation run name; the chain's other names derive from it.")],
+    run: Annotated[str, typer.Option("--run", help="Annotation run name; the chain's other names derive from it.", callback=_valid_name)],
     limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
     base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields.")] = None,
@@ -585,7 +647,7 @@ def demo(
 
 @app.command()
 def audit(
-    name: Annotated[str, typer.Option(help="Audit name; its 12 runs are named after it. Re-running resumes.")],
+    name: Annotated[str, typer.Option(help="Audit name; its 12 runs are named after it. Re-running resumes.", callback=_valid_name)],
     limit: Annotated[int, typer.Option(min=1, help="Images with all three human descriptions to audit.")] = 20,
     seed: int = 0,
     concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,

@@ -22,9 +22,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
+from models.answers import RewriteAnswer, bounded_raw_text, labels_from_answer, sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Task, fields_of, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
+from core.redact import redact_text
 from core.store import ObjectStore, StoreError
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
@@ -210,7 +211,7 @@ class Annotator:
                     sample_index=index,
                     prompt_sha256=prompt.sha256,
                     request_params=result.request_params,
-                    raw_text=result.raw_text,
+                    raw_text=bounded_raw_text(result.raw_text),
                     parsed=result.parsed,
                     valid=result.valid,
                     error=result.error,
@@ -281,7 +282,7 @@ class Annotator:
         except TransientCallError as exc:
             raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
         except PermanentCallError as exc:
-            self.budget.abort(f"endpoint refused a request: {exc}")
+            self.budget.abort(redact_text(f"endpoint refused a request: {exc}"))
             raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
         self.budget.add(result)
         return self._persist_call(image.id, db_stage, index, prompt, result, state), True
@@ -307,8 +308,9 @@ class Annotator:
         try:
             return self._annotate(image_id)
         except ImageFailed as exc:
-            self._mark(image_id, "failed", str(exc))
-            return ImageOutcome(image_id, "failed", reason=str(exc))
+            reason = redact_text(str(exc))  # stored, logged and shown: no credentials from a URL
+            self._mark(image_id, "failed", reason)
+            return ImageOutcome(image_id, "failed", reason=reason)
 
     def _annotate(self, image_id: int) -> ImageOutcome:
         image, known, human_ids, state = self._load(image_id)
@@ -347,7 +349,7 @@ class Annotator:
                     draw()
                     step_number += 1
 
-        stats = task_statistics(missing, samples) if samples else {}
+        stats = task_statistics(missing, samples, self.config.uamc.normaliser) if samples else {}
         summary_call, made = self._valid_answer(
             image,
             data,

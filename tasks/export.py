@@ -3,13 +3,18 @@
 Layout of an export directory:
 
     feid.jsonl        {"id", "image", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
-    provenance.jsonl  per image: every field's value, provenance, uncertainty, samples, call ids
+    provenance.jsonl  per image: every field's value, provenance, uncertainty, samples, call ids; a generated
+                      AU carries its task's uncertainty (`uncertainty`, what UAMC decided on) and its own
+                      (`au_uncertainty` = p(1−p)/0.25, p = `present_fraction` of the valid samples)
     images/           the images (copy_images=True), else "image" is the object-store key
     hf/               the same records as a Hugging Face `datasets` dataset (save_to_disk)
     manifest.json     run, model, prompt versions, code version, counts: the record travels with the data
 
-The directory is written under a temporary name and renamed when complete,
-so a crash never leaves a half-written export behind.
+The directory is written under a fresh temporary name beside it and renamed
+when complete, so a crash never leaves a half-written export behind. Nothing
+but the export folder itself is ever replaced, and a non-empty one only when
+the caller says so (`overwrite`: `seke export --force`, or the default folder
+under the state directory, which is ours).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +31,30 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.labels import ACTION_UNITS
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
 from core.store import ObjectStore, upload_dir
 from core.version import code_version
+from tasks.annotate import DB_STAGE
+from tasks.prompts import SAMPLE_STAGE
+
+SAMPLE_DB_STAGE = DB_STAGE[SAMPLE_STAGE]  # the stage name UAMC's sample calls are stored under
+
+
+class ExportError(ValueError):
+    pass
+
+
+def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse (ExportError) a target that is not a folder, or a non-empty folder unless `overwrite`."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ExportError(f"{out_dir} exists and is not a folder: choose another --out")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} exists and is not empty: choose another --out, or pass --force to replace it")
+    resolved = out_dir.resolve()
+    for kept in (Path.cwd(), Path.home()):
+        if resolved == kept or resolved in kept.parents:  # even --force never replaces these (or "/")
+            raise ExportError(f"{out_dir} holds {kept}: choose a folder of its own for --out")
 
 
 @dataclass(frozen=True)
@@ -37,7 +64,24 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
+def _au_fractions(session: Session, run_id: int, image_ids: list[int]) -> dict[int, dict[str, float]]:
+    """Per image, the share of its valid UAMC samples in which each AU is present."""
+    answers: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for image_id, parsed in session.execute(
+        select(VLLMCall.image_id, VLLMCall.parsed).where(
+            VLLMCall.run_id == run_id, VLLMCall.image_id.in_(image_ids), VLLMCall.stage == SAMPLE_DB_STAGE, VLLMCall.valid
+        )
+    ):
+        if isinstance((parsed or {}).get("aus"), dict):
+            answers[image_id].append(parsed["aus"])
+    return {
+        image_id: {au: sum(bool(s.get(au)) for s in samples) / len(samples) for au in ACTION_UNITS}
+        for image_id, samples in answers.items()
+    }
+
+
 def _provenance(session: Session, run_id: int, image_ids: list[int]) -> dict[int, dict[str, Any]]:
+    fractions = _au_fractions(session, run_id, image_ids)
     rows = session.execute(
         select(Annotation, HumanLabel.source_file)
         .outerjoin(HumanLabel, Annotation.human_label_id == HumanLabel.id)
@@ -54,22 +98,48 @@ def _provenance(session: Session, run_id: int, image_ids: list[int]) -> dict[int
                 uncertainty=annotation.uncertainty,
                 samples_used=annotation.samples_used,
             )
+            p = fractions.get(annotation.image_id, {}).get(annotation.field)
+            if p is not None:  # an AU: its own Bernoulli variance, normalised like the task's (max 0.25)
+                entry.update(present_fraction=round(p, 4), au_uncertainty=round(p * (1 - p) / 0.25, 4))
         fields[annotation.image_id][annotation.field] = entry
     return fields
 
 
 def export_run(
-    session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True, batch: int = 500
+    session: Session,
+    store: ObjectStore,
+    run_id: int,
+    out_dir: Path,
+    *,
+    copy_images: bool = True,
+    overwrite: bool = False,
+    batch: int = 500,
 ) -> ExportResult:
-    """Write the run's finished images as an FEID export at `out_dir` (replaced if it exists)."""
-    import datasets
-
+    """Write the run's finished images as an FEID export at `out_dir` (a non-empty one only if `overwrite`)."""
     run = session.get(Run, run_id)
     if run is None:
         raise ValueError(f"no run with id {run_id}")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
+    check_out_dir(out_dir, overwrite=overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        _write_export(session, store, run, staging, copy_images=copy_images, batch=batch)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = json.loads((staging / "manifest.json").read_text())
+    check_out_dir(out_dir, overwrite=overwrite)  # still true after the (long) write
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return ExportResult(out_dir, manifest["records"], manifest)
+
+
+def _write_export(session: Session, store: ObjectStore, run: Run, staging: Path, *, copy_images: bool, batch: int) -> None:
+    import datasets
+
+    run_id = run.id
+    (staging / "images").mkdir()
 
     rows = session.execute(
         select(Instruction, Image)
@@ -137,9 +207,6 @@ def export_run(
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     datasets.disable_progress_bars()  # the CLI shows its own progress
     datasets.Dataset.from_list(records).save_to_disk(str(staging / "hf"))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return ExportResult(out_dir, len(records), manifest)
 
 
 def export_prefix(run_name: str) -> str:
@@ -147,13 +214,13 @@ def export_prefix(run_name: str) -> str:
 
 
 def record_export(
-    session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True
+    session: Session, store: ObjectStore, run_id: int, out_dir: Path, *, copy_images: bool = True, overwrite: bool = False
 ) -> tuple[int, ExportResult]:
     """Export the run, upload it to the object store and record it (lineage: run → export → training).
 
     Returns the export's id: training flows on other machines fetch the export by it.
     """
-    result = export_run(session, store, run_id, out_dir, copy_images=copy_images)
+    result = export_run(session, store, run_id, out_dir, copy_images=copy_images, overwrite=overwrite)
     uri = upload_dir(store, out_dir, export_prefix(result.manifest["run"]))
     export = Export(run_id=run_id, uri=uri, records=result.records, manifest=result.manifest)
     session.add(export)

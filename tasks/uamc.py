@@ -127,9 +127,14 @@ def initial_samples(config: UAMCConfig) -> int:
     return 1 if not config.enabled else min(config.start_samples, config.max_samples)
 
 
-def task_statistics(tasks: Sequence[Task], samples: Sequence[Sample]) -> dict[str, dict[str, object]]:
-    """Per-task mean/mode and normalised uncertainty, as given to the summary prompt."""
-    uncertainties = normalised_uncertainties(tasks, samples)
+def task_statistics(
+    tasks: Sequence[Task], samples: Sequence[Sample], normaliser: str = "fixed"
+) -> dict[str, dict[str, object]]:
+    """Per-task mean/mode and normalised uncertainty, as given to the summary prompt.
+
+    `normaliser` must be the run's (UAMCConfig.normaliser): the summary sees the uncertainty the steps stored.
+    """
+    uncertainties = normalised_uncertainties(tasks, samples, normaliser)
     stats: dict[str, dict[str, object]] = {}
     for task in tasks:
         entry: dict[str, object] = {"uncertainty": round(uncertainties[task], 4)}

@@ -19,10 +19,8 @@ import base64
 import hashlib
 from functools import lru_cache
 import io
-import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,8 +32,9 @@ import openai
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from models.answers import json_schema_for
+from models.answers import extract_json_object, json_schema_for
 from core.config import Settings
+from core.redact import redact_url
 from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
 from tasks.ratelimit import RateLimiter
 
@@ -99,7 +98,7 @@ class VLLMConfig(BaseModel):
         raise ValueError(f"unknown stage {stage!r}; expected {SAMPLE_STAGE}, {SUMMARY_STAGE} or {REWRITE_STAGE}")
 
     def public_snapshot(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"api_key"})
+        return {**self.model_dump(mode="json", exclude={"api_key"}), "base_url": redact_url(self.base_url)}
 
 
 @dataclass
@@ -189,53 +188,6 @@ def estimate_text_tokens(text: str) -> int:
 
 # --- parsing ---
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-
-
-def extract_json_object(text: str) -> dict[str, Any] | None:
-    """The answer object in `text`: the whole text, a fenced block, or the first balanced {...} that parses."""
-    candidates = [text.strip(), *(m.group(1).strip() for m in _FENCE.finditer(text))]
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    for start in (i for i, ch in enumerate(text) if ch == "{"):
-        end = _balanced_end(text, start)
-        if end is None:
-            continue
-        try:
-            value = json.loads(text[start:end])
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
-def _balanced_end(text: str, start: int) -> int | None:
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
-
 
 def parse_answer(text: str, answer_model: type[BaseModel]) -> tuple[dict[str, Any] | None, str | None]:
     """(validated answer as JSON-able dict, None) or (None, why it is invalid)."""
@@ -292,7 +244,7 @@ def _status_detail(exc: openai.APIStatusError) -> str:
 
 def _permanent_message(exc: openai.APIStatusError, config: VLLMConfig) -> str:
     status = exc.status_code
-    where = f"{config.base_url} (model {config.model!r})"
+    where = f"{redact_url(config.base_url)} (model {config.model!r})"
     detail = _status_detail(exc)
     if status in (401, 403):
         return f"{where} refused the credentials ({detail}); set SEKE_VLLM_API_KEY to a valid key for this endpoint"
@@ -355,7 +307,7 @@ class VLLMClient:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.text}]
         record: dict[str, Any] = {
             "stage": stage,
-            "base_url": self.config.base_url,
+            "base_url": redact_url(self.config.base_url),
             "model": self.config.model,
             "prompt_name": prompt.name,
             "prompt_version": prompt.version,

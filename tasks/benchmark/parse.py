@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -77,12 +78,16 @@ def _load(candidate: str) -> object:
     for attempt in (candidate, re.sub(r",\s*([}\]])", r"\1", candidate)):
         try:
             return json.loads(attempt)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than any answer
             pass
     try:
         return ast.literal_eval(candidate)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # not a literal
         return None
+
+
+#: Cuts a truncated object is tried at (latest first): bounds the repair of hostile output to linear work.
+MAX_REPAIR_CUTS = 32
 
 
 def _repair_truncated(fragment: str) -> tuple[dict[str, object], int] | None:
@@ -93,8 +98,10 @@ def _repair_truncated(fragment: str) -> tuple[dict[str, object], int] | None:
     latest first; the incomplete item is dropped, never completed.
     Returns the object and how many brackets were closed.
     """
-    stack: list[str] = []
-    cuts: list[tuple[int, str]] = []
+    # The open brackets as a linked list (closer, outer): a cut keeps a reference, not a copy, so recording
+    # every comma is O(1) and only the last MAX_REPAIR_CUTS (the likely ones, tried latest first) are kept.
+    open_brackets: tuple | None = None
+    cuts: deque[tuple[int, tuple | None]] = deque(maxlen=MAX_REPAIR_CUTS)
     in_string = escaped = False
     for i, char in enumerate(fragment):
         if in_string:
@@ -103,16 +110,20 @@ def _repair_truncated(fragment: str) -> tuple[dict[str, object], int] | None:
         elif char == '"':
             in_string = True
         elif char in "{[":
-            stack.append("}" if char == "{" else "]")
-        elif char in "}]" and stack:
-            stack.pop()
+            open_brackets = ("}" if char == "{" else "]", open_brackets)
+        elif char in "}]" and open_brackets:
+            open_brackets = open_brackets[1]
         elif char == ",":
-            cuts.append((i, "".join(reversed(stack))))
+            cuts.append((i, open_brackets))
     tail = fragment.rstrip()
     if not in_string and not re.search(r"[\d.\-+eE:]$", tail):
-        cuts.append((len(tail), "".join(reversed(stack))))
-    for cut, closers in reversed(cuts):
-        loaded = _load(fragment[:cut] + closers)
+        cuts.append((len(tail), open_brackets))
+    for cut, brackets in reversed(cuts):
+        closers = []
+        while brackets:
+            closers.append(brackets[0])
+            brackets = brackets[1]
+        loaded = _load(fragment[:cut] + "".join(closers))
         if isinstance(loaded, dict):
             return loaded, len(closers)
     return None
