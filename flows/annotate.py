@@ -181,7 +181,7 @@ def annotate_flow(
     logger = get_run_logger()
     settings = get_settings()
     config = config or AnnotateConfig()
-    sessions = session_factory(settings)
+    sessions = session_factory(settings, concurrency)
     vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model)
 
     with sessions.begin() as session:
@@ -196,7 +196,7 @@ def annotate_flow(
             kind=kind,
             image_ids=image_ids,
         )
-    with run_lock(get_engine(settings), run_id, run_name):
+    with run_lock(get_engine(settings, concurrency), run_id, run_name):
         with sessions() as session:
             todo = unfinished_images(session, run_id)
             total = session.scalar(select(func.count()).where(RunImage.run_id == run_id))
