@@ -202,8 +202,16 @@ def annotate(
     no_prior: Annotated[bool, typer.Option("--no-prior", help="Ablation: no human labels or knowledge in prompts.")] = False,
     no_uamc: Annotated[bool, typer.Option("--no-uamc", help="Ablation: one sample per image.")] = False,
     max_samples: Annotated[int, typer.Option(min=1, help="UAMC's N.")] = 5,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes sharing the run (leased images).")] = 1,
+    via_deployments: Annotated[
+        bool, typer.Option(help="Start the workers as `annotate-worker` deployment runs on a Prefect server's work pool.")
+    ] = False,
+    lease_s: Annotated[float, typer.Option(min=1, help="Seconds a dead worker's images stay leased before others take them.")] = 30.0,
 ) -> None:
-    """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
+    """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
+
+    Several invocations (or --workers K) on one run share its images; Ctrl-C or
+    SIGTERM stop it cleanly, and re-running the same name resumes it."""
     _prefect_defaults()
     from flows.annotate import annotate_flow
     from tasks.annotate import AnnotateConfig
@@ -213,7 +221,7 @@ def annotate(
     _ready(settings)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
     with _endpoint(settings) as (base_url, model):
-        result = annotate_flow(
+        state = annotate_flow(
             run_name=run,
             config=config,
             limit=limit,
@@ -224,8 +232,25 @@ def annotate(
             images_per_task=images_per_task,
             base_url=base_url,
             model=model,
+            workers=workers,
+            via_deployments=via_deployments,
+            lease_s=lease_s,
+            return_state=True,
         )
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):  # the flow failed before it had a report: one line, not a traceback
+        console.print(f"[red]run {run!r} failed:[/red] {result}")
+        raise typer.Exit(1)
     _print_report(result)
+    if result["status"] == "stopped":
+        images = result["images"]
+        console.print(
+            f"[yellow]run {run!r} stopped ({result['stop_reason']}): {images.get('done', 0)} of "
+            f"{sum(images.values())} images done; resume with `seke annotate --run {run}`[/yellow]"
+        )
+        # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel; 0 for a budget (it did what was asked).
+        reason = result["stop_reason"] or ""
+        raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
 
 
 def _print_report(report: dict) -> None:
