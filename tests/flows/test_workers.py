@@ -45,7 +45,7 @@ def environment(settings: Settings, base_url: str, **extra: str) -> dict[str, st
 
 
 def annotate(env: dict[str, str], *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "seke", "annotate", "--run", "shared", *args]
+    command = [sys.executable, "-m", "seke", "annotate", *(args if "--run" in args else ("--run", "shared", *args))]
     # A session of its own: a Ctrl-C can be sent to its process group, as a terminal does.
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -168,3 +168,32 @@ def test_two_workers_share_one_rate_cap_without_429s(fresh: Settings) -> None:
     calls, seconds = query(fresh, "SELECT count(*), extract(epoch FROM max(started_at) - min(started_at)) FROM vllm_calls")[0]
     rate = (calls - 1) / float(seconds) * 60
     assert rate >= 0.8 * cap, f"{rate:.0f} requests/min used of a {cap} cap"
+
+
+def test_cancelling_the_parent_in_the_api_stops_every_worker_and_resume_finishes(fresh: Settings) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.states import Cancelling
+
+    def flow_runs(name: str):
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)))
+
+    with running_simulator(SimulatorConfig(latency_ms=40)) as base_url:
+        env = environment(fresh, base_url)
+        process = annotate(env, "--run", "cancelled", "--limit", "24", "--concurrency", "3", "--workers", "2")
+        wait_for(fresh, "SELECT count(*) FROM run_images WHERE status = 'done'", 3, [process])
+        (parent,) = [run for run in flow_runs("annotate-cancelled") if not run.state.is_final()]
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(parent.id, Cancelling(message="cancelled from the UI"), force=True)
+        output = process.communicate(timeout=300)[0]
+        assert process.returncode == 1 and "stopped (cancelled)" in output.replace("\n", " ") and "Traceback" not in output, output
+        assert query(fresh, "SELECT status, stop_reason FROM runs") == [("stopped", "cancelled")]
+        assert scalar(fresh, "SELECT count(*) FROM run_images WHERE status <> 'done' AND lease_owner IS NOT NULL") == 0
+        runs = flow_runs("%cancelled%")
+        assert len(runs) >= 3 and all(run.state.is_final() for run in runs), [(run.name, run.state.type) for run in runs]
+        assert {run.state.type.value for run in runs if "shard" not in run.name} == {"CANCELLED"}
+        resumed = annotate(env, "--run", "cancelled", "--limit", "24", "--concurrency", "3")
+        output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert_exactly_once(fresh, 24)
