@@ -173,11 +173,14 @@ def test_two_workers_share_one_rate_cap_without_429s(fresh: Settings) -> None:
 def test_cancelling_the_parent_in_the_api_stops_every_worker_and_resume_finishes(fresh: Settings) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.states import Cancelling
 
     def flow_runs(name: str):
         with get_client(sync_client=True) as client:
-            return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)))
+            return client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)), sort=FlowRunSort.ID_DESC, limit=200
+            )
 
     with running_simulator(SimulatorConfig(latency_ms=40)) as base_url:
         env = environment(fresh, base_url)
