@@ -23,6 +23,7 @@ Our PostgreSQL is the system of record: re-running a run resumes it.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import TypeAdapter
@@ -53,6 +54,9 @@ from tasks.ratelimit import RateLimiter
 from tasks.runs import RunReport, close_run, image_counts, open_run, request_stop, run_report, stop_requested
 from tasks.shared_limit import SharedRateLimit, bucket_key
 from tasks.vllm import VLLMClient, VLLMConfig
+
+
+log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
@@ -157,17 +161,18 @@ class Feeder:
             return shared_budget_reason(session, self.run_id, self.max_calls, self.max_cost_usd)
 
     def _finished(self, future) -> None:
+        """Runs on the task's thread, outside any run context: module logger, counts under the lock."""
         try:
-            for outcome in future.result():
-                self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+            statuses = [outcome.status for outcome in future.result()]
         except Exception as exc:  # a crashed task leaves its image leased; the lease expires and it is retried
-            get_run_logger().warning("task %s crashed: %s", future.task_run_id, exc)
-            self.counts["crashed"] = self.counts.get("crashed", 0) + 1
-        finally:
-            self.slots.release()
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+            log.warning("task %s crashed: %s", future.task_run_id, exc)
+            statuses = ["crashed"]
+        self.slots.release()
+        with self._idle:
+            for status in statuses:
+                self.counts[status] = self.counts.get(status, 0) + 1
+            self._in_flight -= 1
+            self._idle.notify_all()
 
     def run_shard(self, max_images: int) -> None:
         """Claim and submit up to `max_images` images; return when they are finished, or on a stop."""
@@ -203,7 +208,7 @@ class Feeder:
 def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: int) -> dict[str, int]:
     """Up to `max_images` of the run's images, claimed as slots free up; every image a task run."""
     before = dict(feeder.counts)
-    feeder.run_shard(max_images)
+    feeder.run_shard(max_images)  # returns once its images are finished: the counts are settled
     return {k: v - before.get(k, 0) for k, v in feeder.counts.items() if v - before.get(k, 0)}
 
 
@@ -341,11 +346,16 @@ def _final_state(result: dict, stop_reason: str | None):
     return result
 
 
-@flow(name="annotate-worker", flow_run_name="{params.run_name}-worker-{index}", validate_parameters=False)
+def _worker_run_name() -> str:
+    parameters = flow_run.parameters
+    return f"{params_from(parameters['params']).run_name}-worker-{parameters.get('index', 0)}"
+
+
+@flow(name="annotate-worker", flow_run_name=_worker_run_name, validate_parameters=False)
 def annotate_worker(params: WorkerSettings | dict[str, Any], index: int = 0, parent_flow_run_id: str | None = None):
     """One of K workers of a run (a local process or a deployment run): claims images until none is left."""
     params = params_from(params)
-    watched = [flow_run.id] if (flow_run := FlowRunContext.get().flow_run) else []
+    watched = [context.flow_run.id] if (context := FlowRunContext.get()) and context.flow_run else []
     if parent_flow_run_id:
         watched.append(UUID(parent_flow_run_id))
     counts, stop_reason = work(params, watched)
@@ -446,6 +456,9 @@ def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployment
                 ),
             )
             if finished == workers:
+                failed = handles.failed()
+                if failed and not (stop_reason or requested) and counts.get("done", 0) < total:
+                    return f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); re-run to resume"
                 return stop_reason or requested
             signals.event.wait(2.0)
 

@@ -150,6 +150,10 @@ class LocalWorkers:
     def finished(self) -> int:
         return sum(process.poll() is not None for process in self.processes)
 
+    def failed(self) -> list[str]:
+        """How each worker that failed ended."""
+        return [f"exit {process.returncode}" for process in self.processes if process.returncode not in (None, 0)]
+
     def stop(self) -> None:
         """Nothing to send: they read the run's stop request from PostgreSQL (and a Ctrl-C reached them already;
         a second signal would end them at once, without releasing their leases)."""
@@ -161,12 +165,22 @@ class DeploymentWorkers:
     def __init__(self, flow_run_ids: list[UUID]) -> None:
         self.flow_run_ids = flow_run_ids
 
-    def finished(self) -> int:
+    def _states(self) -> list:
         from prefect import get_client
 
         with get_client(sync_client=True) as client:
-            states = [client.read_flow_run(flow_run_id).state for flow_run_id in self.flow_run_ids]
-        return sum(state is not None and state.is_final() for state in states)
+            return [client.read_flow_run(flow_run_id).state for flow_run_id in self.flow_run_ids]
+
+    def finished(self) -> int:
+        return sum(state is not None and state.is_final() for state in self._states())
+
+    def failed(self) -> list[str]:
+        """How each worker that failed ended (its flow run's state and message)."""
+        return [
+            f"{state.type.value}: {state.message}"
+            for state in self._states()
+            if state is not None and state.is_final() and not (state.is_completed() or state.is_cancelled())
+        ]
 
     def stop(self) -> None:
         """They watch the parent flow run's state and the run's stop request; each ends Cancelled on its own."""
