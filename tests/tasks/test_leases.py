@@ -221,7 +221,7 @@ def test_shared_bucket_admits_the_caps_across_processes(settings: Settings) -> N
     limits[0].acquire(100)  # waits: the bucket is empty for both
     assert waits and all(0 < w <= 0.11 for w in waits)
     limits[1].settle(100, 40)  # an over-estimate is given back on the next take
-    assert limits[1]._correction == 60
+    assert limits[1]._held_tokens == 60
 
 
 def test_engine_is_one_per_process_and_sized_from_concurrency(settings: Settings, postgres_admin_url: str) -> None:
