@@ -95,6 +95,13 @@ def get_engine(settings: Settings, concurrency: int | None = None) -> Engine:
         return engine
 
 
+def release_idle_connections() -> None:
+    """Close the pool's idle connections, keeping the engine (a worker that finished gives them back)."""
+    with _engine_lock:
+        if _current is not None:
+            _current[2].dispose()
+
+
 def dispose_engine() -> None:
     """Close the process's pooled connections (tests call it after each test)."""
     global _current

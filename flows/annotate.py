@@ -43,7 +43,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import get_settings
-from core.db import get_engine, session_factory
+from core.db import get_engine, release_idle_connections, session_factory
 from core.store import open_store
 from core.version import code_version
 from flows.workers import StopSignals, Watch, flow_run_cancelled, start_deployment_workers, start_local_workers
@@ -336,6 +336,7 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
                     release(session, params.run_id, worker)
                     close_run(session, params.run_id, stop_reason=stop_reason)
                 progress.flush(budget)
+                release_idle_connections()  # up to concurrency + 4 of them, no longer needed
     return feeder.counts, stop_reason
 
 

@@ -127,11 +127,11 @@ def test_a_killed_worker_images_are_taken_over_after_the_lease(fresh: Settings) 
     assert query(fresh, "SELECT status FROM runs") == [("completed",)]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_stop_the_run_cleanly_and_resume_finishes(fresh: Settings, signum: int) -> None:
+@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, "2"), (signal.SIGTERM, "1"), (signal.SIGTERM, "2")])
+def test_ctrl_c_and_sigterm_stop_the_run_cleanly_and_resume_finishes(fresh: Settings, signum: int, workers: str) -> None:
     with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
         env = environment(fresh, base_url)
-        process = annotate(env, "--limit", "24", "--concurrency", "3", "--workers", "2")
+        process = annotate(env, "--limit", "24", "--concurrency", "3", "--workers", workers)
         wait_for(fresh, "SELECT count(*) FROM run_images WHERE status = 'done'", 3, [process])
         # A terminal's Ctrl-C reaches the whole process group; SIGTERM (a supervisor) only the CLI.
         if signum == signal.SIGINT:
