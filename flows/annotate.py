@@ -208,7 +208,9 @@ class Feeder:
 def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: int) -> dict[str, int]:
     """Up to `max_images` of the run's images, claimed as slots free up; every image a task run."""
     before = dict(feeder.counts)
-    feeder.run_shard(max_images)  # returns once its images are finished: the counts are settled
+    # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
+    with feeder.watch.signals.installed():
+        feeder.run_shard(max_images)  # returns once its images are finished: the counts are settled
     return {k: v - before.get(k, 0) for k, v in feeder.counts.items() if v - before.get(k, 0)}
 
 

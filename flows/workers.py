@@ -133,6 +133,7 @@ class Watch:
                 log.warning("lease heartbeat of run %s failed: %s", self.run_id, exc)
 
     def __enter__(self) -> Watch:
+        self.check()  # a stop requested before this worker started is seen before its first claim
         self._thread.start()
         return self
 
@@ -196,10 +197,17 @@ def start_local_workers(payload: dict[str, Any], workers: int, parent: UUID) -> 
         subprocess.Popen(
             [sys.executable, "-m", "flows.annotate", json.dumps({"params": payload, "index": index, "parent": str(parent)})],
             env=env,
+            # A terminal's Ctrl-C reaches these too; until a worker's own handler is installed (imports take
+            # seconds) it must not die of it: the parent passes the stop on through the run's stop request.
+            preexec_fn=_ignore_sigint,
         )
         for index in range(workers)
     ]
     return LocalWorkers(processes)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def start_deployment_workers(payload: dict[str, Any], workers: int, parent: UUID) -> DeploymentWorkers:

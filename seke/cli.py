@@ -220,23 +220,27 @@ def annotate(
     settings = get_settings()
     _ready(settings)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
-    with _endpoint(settings) as (base_url, model):
-        state = annotate_flow(
-            run_name=run,
-            config=config,
-            limit=limit,
-            max_calls=max_calls,
-            max_cost_usd=max_cost,
-            concurrency=concurrency,
-            shard_size=shard_size,
-            images_per_task=images_per_task,
-            base_url=base_url,
-            model=model,
-            workers=workers,
-            via_deployments=via_deployments,
-            lease_s=lease_s,
-            return_state=True,
-        )
+    try:
+        with _endpoint(settings) as (base_url, model):
+            state = annotate_flow(
+                run_name=run,
+                config=config,
+                limit=limit,
+                max_calls=max_calls,
+                max_cost_usd=max_cost,
+                concurrency=concurrency,
+                shard_size=shard_size,
+                images_per_task=images_per_task,
+                base_url=base_url,
+                model=model,
+                workers=workers,
+                via_deployments=via_deployments,
+                lease_s=lease_s,
+                return_state=True,
+            )
+    except KeyboardInterrupt:  # before the run's own handlers were in place: no image was claimed yet
+        console.print(f"[yellow]interrupted before run {run!r} started annotating; re-run the command to continue[/yellow]")
+        raise typer.Exit(130) from None
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):  # the flow failed before it had a report: one line, not a traceback
         console.print(f"[red]run {run!r} failed:[/red] {result}")
