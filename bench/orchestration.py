@@ -2,6 +2,7 @@
 
     python bench/orchestration.py                                   # 2,000 images, 200 ms, concurrency 32
     python bench/orchestration.py --images 500 --latency-ms 50 --concurrency 16
+    python bench/orchestration.py --workers 2 --concurrency 64   # 1 vs 2 worker processes, same total concurrency
 
 Like for like: the flow runs first (SEKE as configured by default: prior on,
 UAMC N=5, rewrite by the LLM). Its stored calls then become the bare loop's
@@ -190,9 +191,18 @@ def main() -> None:
         help="keep the client's rate limiter at the configured SEKE_REQUESTS/TOKENS_PER_MINUTE "
         "(default: lifted, since the bare loop has none)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="> 1: compare one worker process with this many (concurrency split between them) instead of the bare loop",
+    )
     args = parser.parse_args()
     if not args.keep_rate_limits:
         lift_rate_limits()
+    if args.workers > 1:
+        compare_workers(args)
+        return
 
     print(SIMULATOR_NOTE)
     print(machine_line())
@@ -271,6 +281,63 @@ def main() -> None:
     print(f"Prefect API task runs by state: {api_counts}; our database, images by status: {db_counts}")
     ratio = flow_rate / bare_rate
     print(f"RATIO flow / bare loop, images/s: {ratio:.3f}  (goal >= 0.95: {'met' if ratio >= 0.95 else 'MISSED'})")
+
+
+def compare_workers(args: argparse.Namespace) -> None:
+    """The same images annotated twice, as two runs: by 1 worker process, then by K (`--workers K`).
+
+    The total concurrency is the same on both sides (split between the K workers),
+    so the ratio shows what processes add where one process is CPU-bound under
+    its GIL. Both runs start from the CLI's entry point, annotate_flow, with the
+    same database, simulator and Prefect API.
+    """
+    print(SIMULATOR_NOTE)
+    print(machine_line())
+    with postgres_admin_url() as admin_url, tempfile.TemporaryDirectory(prefix="seke-bench-") as tmp:
+        root = Path(tmp)
+        settings = new_settings(admin_url, root)
+        imported = ingest_synthetic(settings, root, args.images)
+        print(f"prepared {imported} synthetic FEID images (not timed)")
+        export_settings(settings)
+        rows, checks = [], []
+        with simulator_process(args.latency_ms) as simulator, prefect_api():
+            from flows.annotate import annotate_flow
+
+            api_before = 0
+            for workers in (1, args.workers):
+                run_name = f"{RUN_NAME}-{workers}-workers"
+                started = time.perf_counter()
+                report = annotate_flow(
+                    run_name=run_name,
+                    base_url=simulator.base_url,
+                    model=simulator.model,
+                    concurrency=args.concurrency // workers,
+                    shard_size=args.shard_size,
+                    images_per_task=args.images_per_task,
+                    workers=workers,
+                )
+                seconds = time.perf_counter() - started
+                api_total = api_task_run_counts()["total"]
+                db_done = database_run_counts(settings, run_name).get("done", 0)
+                checks.append(f"{workers} worker(s): Prefect API task runs {api_total - api_before}, database images done {db_done}")
+                api_before = api_total
+                done = report["images"].get("done", 0)
+                first_call, last_call = flow_call_window(settings, run_name)
+                window = last_call - first_call
+                rows.append([workers, args.concurrency // workers, done, report["calls"], f"{seconds:.1f}", f"{window:.1f}",
+                             done / seconds, done / window])
+    print(f"\n{args.images} images, {args.latency_ms:g} ms per call, total concurrency {args.concurrency}")
+    print_table(
+        ["worker processes", "concurrency each", "images", "calls", "seconds", "first to last call, s", "images/s", "images/s in calls"],
+        [[*row[:-2], f"{row[-2]:.2f}", f"{row[-1]:.2f}"] for row in rows],
+    )
+    for line in checks:
+        print(line)
+    # End to end includes starting K Python processes (imports, Prefect client: seconds on a busy machine);
+    # between the first and the last call is the steady state a long run spends its time in.
+    print(f"RATIO {args.workers} workers / 1 worker, images/s end to end: {rows[1][-2] / rows[0][-2]:.3f}")
+    ratio = rows[1][-1] / rows[0][-1]
+    print(f"RATIO {args.workers} workers / 1 worker, images/s first to last call: {ratio:.3f}  (goal >= 1.6 where one process is CPU-bound)")
 
 
 if __name__ == "__main__":

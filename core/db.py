@@ -10,6 +10,7 @@ lives in a 0700 folder of ours (core/pgserver.py).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -54,18 +55,61 @@ def display_url(settings: Settings) -> str:
     return redact_url(make_url(database_url(settings)).render_as_string(hide_password=True))
 
 
-@cache
-def _engine(url: str) -> Engine:
-    # pool_pre_ping: a server restarted between runs must not surface as a broken connection.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+#: Connections a process holds beside one per image in flight: the flow's own session, the lease
+#: heartbeat, the shared rate-limit bucket and the progress/budget reads (infra/README.md, "Connections").
+RESERVED_CONNECTIONS = 4
+
+_engine_lock = threading.Lock()
+_current: tuple[str, int, Engine] | None = None
 
 
-def get_engine(settings: Settings) -> Engine:
-    return _engine(database_url(settings))
+def connections_needed(concurrency: int) -> int:
+    """PostgreSQL connections one annotate process may hold at once with `concurrency` images in flight."""
+    return concurrency + RESERVED_CONNECTIONS
 
 
-def session_factory(settings: Settings) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(settings), expire_on_commit=False)
+def get_engine(settings: Settings, concurrency: int | None = None) -> Engine:
+    """The process's one engine, its pool sized for `concurrency` (default: settings.concurrency).
+
+    One engine per process, never one per URL kept forever: a test session that
+    creates dozens of databases would otherwise keep a pool open on each and run
+    the server out of connections. Asking for another URL disposes the previous
+    engine; asking for more concurrency replaces it with a bigger pool. The pool
+    has no overflow, so a leak shows as a pool timeout here, not as "too many
+    clients" for every other user of the server.
+    """
+    global _current
+    url = database_url(settings)
+    size = connections_needed(concurrency or settings.concurrency)
+    with _engine_lock:
+        if _current is not None and _current[0] == url and _current[1] >= size:
+            return _current[2]
+        if _current is not None:
+            _current[2].dispose()
+        # pool_pre_ping: a server restarted between runs must not surface as a broken connection.
+        engine = create_engine(url, pool_pre_ping=True, pool_size=size, max_overflow=0, pool_timeout=60)
+        _current = (url, size, engine)
+        return engine
+
+
+def release_idle_connections() -> None:
+    """Close the pool's idle connections, keeping the engine (a worker that finished gives them back)."""
+    with _engine_lock:
+        if _current is not None:
+            _current[2].dispose()
+
+
+def dispose_engine() -> None:
+    """Close the process's pooled connections (tests call it after each test)."""
+    global _current
+    with _engine_lock:
+        if _current is not None:
+            _current[2].dispose()
+            _current = None
+
+
+def session_factory(settings: Settings, concurrency: int | None = None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(settings, concurrency), expire_on_commit=False)
 
 
 @contextmanager

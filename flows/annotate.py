@@ -1,10 +1,16 @@
-"""The annotate flow: SEKE over every FEID image of a run, sharded, resumable, budgeted.
+"""The annotate flow: SEKE over every FEID image of a run, on any number of workers, resumable, budgeted.
 
-Shape (measured on 2 cores, see DESIGN.md "Scale facts"): the parent flow runs
-sub-flows of `shard_size` images one after another; each `.map`s its shard on
-a ThreadPoolTaskRunner and `.wait()`s before reading results. One flow holding
+Shape: a run's images are claimed under leases in PostgreSQL (tasks/leases.py)
+by workers; each worker keeps claiming until nothing is claimable and runs
+its images in shard sub-flows of at most `shard_size` images (one flow holding
 every task's state grows by ~3-9 KB per task and the ephemeral API drops task
-runs past ~10k in one flow; shards keep memory flat and the UI's counts true.
+runs past ~10k in one flow; shards keep memory flat and the UI's counts true).
+Every image is a named task run on a bounded ThreadPoolTaskRunner.
+
+`workers=1`: the annotate flow is the worker. `workers=K`: K worker flow runs
+(`annotate-worker`), as local processes, or, with `via_deployments`, as
+deployment runs that workers of the `cpu` pool execute anywhere; the parent
+shows the whole run's progress and cancels them all when it is cancelled.
 
 Retries: the VLLM client is the one retry layer (transient HTTP failures, with
 backoff and Retry-After). Prefect task retries stay at 0 so a failure is
@@ -16,28 +22,42 @@ Our PostgreSQL is the system of record: re-running a run resumes it.
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task, unmapped
-from prefect.runtime import task_run
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run, task_run
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
-
-from sqlalchemy import func, select
+from pydantic import TypeAdapter
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.names import Name, slug
-from models.orm import RunImage
 from core.config import get_settings
-from core.db import get_engine, session_factory
+from core.db import get_engine, release_idle_connections, session_factory
 from core.store import open_store
 from core.version import code_version
-from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome, spent
-from tasks.runs import RunReport, close_run, open_run, run_lock, run_report, unfinished_images
+from flows.workers import StopSignals, Watch, flow_run_cancelled, start_deployment_workers, start_local_workers
+from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome
+from tasks.budget import run_spent, shared_budget_reason
+from tasks.leases import claim, expire_dead_local, new_worker_id, next_expiry_s, release
+from tasks.ratelimit import RateLimiter
+from tasks.runs import RunReport, close_run, image_counts, open_run, request_stop, run_report, stop_requested
+from tasks.shared_limit import SharedRateLimit, bucket_key
 from tasks.vllm import VLLMClient, VLLMConfig
+
+
+log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
@@ -104,26 +124,95 @@ def annotate_images(
     return [_annotate_one(image_id, annotator, progress, global_limit) for image_id in image_ids]
 
 
+class Feeder:
+    """One worker's claim loop: keeps `concurrency` images in flight, claiming one task's worth at a time."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        worker: str,
+        sessions: sessionmaker[Session],
+        annotator: Annotator,
+        progress: ProgressReporter,
+        watch: Watch,
+        concurrency: int,
+        images_per_task: int,
+        lease_s: float,
+        max_calls: int | None,
+        max_cost_usd: float | None,
+        global_limit: str | None,
+    ) -> None:
+        self.run_id, self.worker, self.sessions = run_id, worker, sessions
+        self.annotator, self.progress, self.watch = annotator, progress, watch
+        self.images_per_task, self.lease_s = images_per_task, lease_s
+        self.max_calls, self.max_cost_usd, self.global_limit = max_calls, max_cost_usd, global_limit
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.counts: dict[str, int] = {}
+        self.stop_reason: str | None = None
+        self.exhausted = False
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def _stop_reason(self) -> str | None:
+        reason = self.watch.stop_reason() or self.annotator.budget.stop_reason()
+        if reason:
+            return reason
+        with self.sessions() as session:
+            return shared_budget_reason(session, self.run_id, self.max_calls, self.max_cost_usd)
+
+    def _finished(self, future) -> None:
+        """Runs on the task's thread, outside any run context: module logger, counts under the lock."""
+        try:
+            statuses = [outcome.status for outcome in future.result()]
+        except Exception as exc:  # a crashed task leaves its image leased; the lease expires and it is retried
+            log.warning("task %s crashed: %s", future.task_run_id, exc)
+            statuses = ["crashed"]
+        self.slots.release()
+        with self._idle:
+            for status in statuses:
+                self.counts[status] = self.counts.get(status, 0) + 1
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def run_shard(self, max_images: int) -> None:
+        """Claim and submit up to `max_images` images; return when they are finished, or on a stop."""
+        submitted = 0
+        while submitted < max_images:
+            self.stop_reason = self._stop_reason()
+            if self.stop_reason:
+                break
+            if not self.slots.acquire(timeout=0.5):
+                continue
+            with self.sessions.begin() as session:
+                image_ids = claim(session, self.run_id, self.worker, min(self.images_per_task, max_images - submitted), self.lease_s)
+            if not image_ids:
+                self.slots.release()
+                with self.sessions() as session:
+                    wait = next_expiry_s(session, self.run_id)
+                if wait is None and self._in_flight == 0:
+                    self.exhausted = True
+                    break
+                # Others (or our own tasks) hold the rest: wait for them to finish or their leases to expire.
+                self.watch.signals.event.wait(min(0.5, wait if wait is not None else 0.5))
+                continue
+            with self._idle:
+                self._in_flight += 1
+            submitted += len(image_ids)
+            future = annotate_images.submit(image_ids, self.annotator, self.progress, self.global_limit)
+            future.add_done_callback(self._finished)
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0)
+
+
 @flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
-def annotate_shard(
-    run_name: str,
-    shard: int,
-    image_ids: list[int],
-    annotator: Annotator,
-    progress: ProgressReporter,
-    global_limit: str | None = None,
-    images_per_task: int = 1,
-) -> dict[str, int]:
-    batches = [image_ids[i : i + images_per_task] for i in range(0, len(image_ids), images_per_task)]
-    futures = annotate_images.map(
-        batches, annotator=unmapped(annotator), progress=unmapped(progress), global_limit=unmapped(global_limit)
-    )
-    futures.wait()
-    counts: dict[str, int] = {}
-    for future in futures:
-        for outcome in future.result():
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
-    return counts
+def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: int) -> dict[str, int]:
+    """Up to `max_images` of the run's images, claimed as slots free up; every image a task run."""
+    before = dict(feeder.counts)
+    # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
+    with feeder.watch.signals.installed():
+        feeder.run_shard(max_images)  # returns once its images are finished: the counts are settled
+    return {k: v - before.get(k, 0) for k, v in feeder.counts.items() if v - before.get(k, 0)}
 
 
 def _publish_report(report: RunReport, run_name: str) -> None:
@@ -158,6 +247,125 @@ def _publish_report(report: RunReport, run_name: str) -> None:
     )
 
 
+@dataclass
+class WorkerSettings:
+    """What every worker of one invocation shares (JSON-able: it travels as deployment parameters)."""
+
+    run_name: str
+    run_id: int
+    config: AnnotateConfig
+    max_calls: int | None = None
+    max_cost_usd: float | None = None
+    concurrency: int | None = None
+    shard_size: int = 1000
+    images_per_task: int = 1
+    base_url: str | None = None
+    model: str | None = None
+    lease_s: float = 30.0
+
+
+def params_payload(params: WorkerSettings) -> dict[str, Any]:
+    """The settings as JSON (deployment parameters, a worker process's argument)."""
+    return TypeAdapter(WorkerSettings).dump_python(params, mode="json")
+
+
+def params_from(payload: WorkerSettings | dict[str, Any]) -> WorkerSettings:
+    return payload if isinstance(payload, WorkerSettings) else TypeAdapter(WorkerSettings).validate_python(payload)
+
+
+def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str, int], str | None]:
+    """Be one worker of the run until nothing is claimable or it must stop; returns (image counts, stop reason).
+
+    Leases are released and the run is closed on the way out, whatever ends it.
+    """
+    settings = get_settings()
+    concurrency = params.concurrency or settings.concurrency
+    sessions = session_factory(settings, concurrency)
+    vllm_config = VLLMConfig.from_settings(settings, base_url=params.base_url, model=params.model)
+    worker = new_worker_id()
+    with sessions.begin() as session:
+        expire_dead_local(session, params.run_id)
+        counts = image_counts(session, params.run_id)
+        budget = Budget(*run_spent(session, params.run_id), params.max_calls, params.max_cost_usd)
+    total, done = sum(counts.values()), counts.get("done", 0)
+    get_run_logger().info("run %s (id %s): worker %s joins, %s of %s images left", params.run_name, params.run_id, worker, total - done, total)
+    progress = ProgressReporter(create_progress_artifact(100.0 * done / max(total, 1), description=f"run {params.run_name}: starting"), total, done)
+    shared = SharedRateLimit(
+        get_engine(settings, concurrency),
+        bucket_key(vllm_config.base_url, vllm_config.model),
+        vllm_config.requests_per_minute,
+        vllm_config.tokens_per_minute,
+        burst_s=vllm_config.rate_burst_s,
+    )
+    limiter = RateLimiter(vllm_config.requests_per_minute, vllm_config.tokens_per_minute, burst_s=vllm_config.rate_burst_s, shared=shared)
+    signals = StopSignals()
+    with signals.installed(), VLLMClient(vllm_config, limiter=limiter) as client:
+        annotator = Annotator(
+            run_id=params.run_id,
+            run_name=params.run_name,
+            config=params.config,
+            sessions=sessions,
+            store=open_store(settings),
+            client=client,
+            budget=budget,
+        )
+        with Watch(sessions, params.run_id, worker, params.lease_s, signals, watch_flow_runs) as watch:
+            feeder = Feeder(
+                run_id=params.run_id,
+                worker=worker,
+                sessions=sessions,
+                annotator=annotator,
+                progress=progress,
+                watch=watch,
+                concurrency=concurrency,
+                images_per_task=params.images_per_task,
+                lease_s=params.lease_s,
+                max_calls=params.max_calls,
+                max_cost_usd=params.max_cost_usd,
+                global_limit=settings.prefect_concurrency_limit,
+            )
+            try:
+                shard = 0
+                while not (feeder.exhausted or feeder.stop_reason):
+                    # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
+                    runner = ThreadPoolTaskRunner(max_workers=concurrency)
+                    annotate_shard.with_options(task_runner=runner)(params.run_name, f"{worker}-{shard}", feeder, params.shard_size)
+                    shard += 1
+            finally:
+                stop_reason = feeder.stop_reason or watch.stop_reason()
+                with sessions.begin() as session:
+                    if stop_reason:
+                        request_stop(session, params.run_id, stop_reason)  # every other worker stops claiming too
+                    release(session, params.run_id, worker)
+                    close_run(session, params.run_id, stop_reason=stop_reason)
+                progress.flush(budget)
+                release_idle_connections()  # up to concurrency + 4 of them, no longer needed
+    return feeder.counts, stop_reason
+
+
+def _final_state(result: dict, stop_reason: str | None):
+    """Cancelled for a cancel or an interrupt (a terminal state, never CANCELLING); Completed otherwise."""
+    if stop_reason and (stop_reason.startswith("cancelled") or stop_reason.startswith("interrupted")):
+        return Cancelled(message=f"run stopped: {stop_reason}", data=result)
+    return result
+
+
+def _worker_run_name() -> str:
+    parameters = flow_run.parameters
+    return f"{params_from(parameters['params']).run_name}-worker-{parameters.get('index', 0)}"
+
+
+@flow(name="annotate-worker", flow_run_name=_worker_run_name, validate_parameters=False)
+def annotate_worker(params: WorkerSettings | dict[str, Any], index: int = 0, parent_flow_run_id: str | None = None):
+    """One of K workers of a run (a local process or a deployment run): claims images until none is left."""
+    params = params_from(params)
+    watched = [context.flow_run.id] if (context := FlowRunContext.get()) and context.flow_run else []
+    if parent_flow_run_id:
+        watched.append(UUID(parent_flow_run_id))
+    counts, stop_reason = work(params, watched)
+    return _final_state({"images": counts, "stop_reason": stop_reason}, stop_reason)
+
+
 @flow(name="annotate", flow_run_name="annotate-{run_name}")
 def annotate_flow(
     run_name: Name,
@@ -172,8 +380,11 @@ def annotate_flow(
     model: str | None = None,
     image_ids: list[int] | None = None,
     kind: str = "annotate",
-) -> dict:
-    """Annotate (or resume) run `run_name`; returns the run report as a dict.
+    workers: int = 1,
+    via_deployments: bool = False,
+    lease_s: float = 30.0,
+):
+    """Annotate (or resume, or join) run `run_name` with `workers` workers; returns the run report as a dict.
 
     The endpoint comes from settings (SEKE_VLLM_*); `base_url`/`model` override
     it, e.g. with a simulator started for the demo. Secrets never pass through
@@ -182,7 +393,7 @@ def annotate_flow(
     logger = get_run_logger()
     settings = get_settings()
     config = config or AnnotateConfig()
-    sessions = session_factory(settings)
+    sessions = session_factory(settings, concurrency)
     vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model)
 
     with sessions.begin() as session:
@@ -197,46 +408,72 @@ def annotate_flow(
             kind=kind,
             image_ids=image_ids,
         )
-    with run_lock(get_engine(settings), run_id, run_name):
-        with sessions() as session:
-            todo = unfinished_images(session, run_id)
-            total = session.scalar(select(func.count()).where(RunImage.run_id == run_id))
-            budget = Budget(*spent(session, run_id), max_calls, max_cost_usd)
-        logger.info("run %s (id %s): %s of %s images to annotate", run_name, run_id, len(todo), total)
-        progress = ProgressReporter(
-            create_progress_artifact(0.0, description=f"run {run_name}: starting"), total, total - len(todo)
-        )
-        stop_reason = None
-        with VLLMClient(vllm_config) as client:
-            annotator = Annotator(
-                run_id=run_id,
-                run_name=run_name,
-                config=config,
-                sessions=sessions,
-                store=open_store(settings),
-                client=client,
-                budget=budget,
-            )
-            for shard, start in enumerate(range(0, len(todo), shard_size)):
-                stop_reason = budget.stop_reason()
-                if stop_reason:
-                    break
-                # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
-                runner = ThreadPoolTaskRunner(max_workers=concurrency or settings.concurrency)
-                annotate_shard.with_options(task_runner=runner)(
-                    run_name,
-                    shard,
-                    todo[start : start + shard_size],
-                    annotator,
-                    progress,
-                    settings.prefect_concurrency_limit,
-                    images_per_task,
-                )
-            stop_reason = stop_reason or budget.stop_reason()
-        progress.flush(budget)
-        with sessions.begin() as session:
-            status = close_run(session, run_id, stop_reason=stop_reason)
-            report = run_report(session, run_id)
+    params = WorkerSettings(
+        run_name, run_id, config, max_calls, max_cost_usd, concurrency, shard_size, images_per_task, base_url, model, lease_s
+    )
+    own_id = FlowRunContext.get().flow_run.id
+    if workers == 1 and not via_deployments:
+        _, stop_reason = work(params, [own_id])
+    else:
+        stop_reason = supervise(params, workers, own_id, via_deployments)
+    with sessions.begin() as session:
+        status = close_run(session, run_id, stop_reason=stop_reason)
+        report = run_report(session, run_id)
     _publish_report(report, run_name)
     logger.info("run %s %s: %s", run_name, status, dict(report.images))
-    return {**asdict(report), "run_id": run_id}
+    return _final_state({**asdict(report), "run_id": run_id}, report.stop_reason if status == "stopped" else None)
+
+
+def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployments: bool) -> str | None:
+    """Start K workers, show the run's progress until they have all ended, pass a cancel or interrupt on.
+
+    Returns the run's stop reason, if it was stopped.
+    """
+    settings = get_settings()
+    sessions = session_factory(settings, params.concurrency)
+    start = start_deployment_workers if via_deployments else start_local_workers
+    handles = start(params_payload(params), workers, own_id)
+    with sessions() as session:
+        counts = image_counts(session, params.run_id)
+    total = max(sum(counts.values()), 1)
+    artifact = create_progress_artifact(100.0 * counts.get("done", 0) / total, description=f"run {params.run_name}: {workers} workers")
+    signals = StopSignals()
+    stop_reason = None
+    with signals.installed():
+        while True:
+            finished = handles.finished()
+            with sessions.begin() as session:
+                counts = image_counts(session, params.run_id)
+                calls, cost = run_spent(session, params.run_id)
+                if not stop_reason:
+                    stop_reason = signals.reason or ("cancelled" if flow_run_cancelled([own_id]) else None)
+                    if stop_reason:
+                        request_stop(session, params.run_id, stop_reason)
+                        handles.stop()
+                requested = stop_requested(session, params.run_id)
+            update_progress_artifact(
+                artifact,
+                progress=100.0 * counts.get("done", 0) / total,
+                description=(
+                    f"{counts.get('done', 0)}/{total} images done, {counts.get('failed', 0)} failed; {calls} calls, ${cost:.4f}; "
+                    f"{workers - finished} of {workers} workers running" + (f"; stopping: {requested}" if requested else "")
+                ),
+            )
+            if finished == workers:
+                failed = handles.failed()
+                if failed and not (stop_reason or requested) and counts.get("done", 0) < total:
+                    return f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); re-run to resume"
+                return stop_reason or requested
+            signals.event.wait(2.0)
+
+
+
+def main(argv: list[str]) -> int:
+    """A worker process started by `supervise` (`python -m flows.annotate '<json>'`); exit 0 unless it failed."""
+    payload = json.loads(argv[1])
+    state = annotate_worker(params_from(payload["params"]), payload["index"], payload["parent"], return_state=True)
+    return 0 if state.is_completed() or state.is_cancelled() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -32,6 +32,7 @@ from tasks.export import record_export
 #: "<flow name>/<deployment name>" of the deployments infra/deployments.py creates.
 DEPLOYMENTS = {
     "annotate": "annotate/annotate",
+    "annotate-worker": "annotate-worker/annotate-worker",
     "finetune": "finetune/finetune",
     "benchmark": "benchmark/benchmark",
     "audit": "audit/audit",

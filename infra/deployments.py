@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # and its deployment's name alike.
 FLOWS: dict[str, tuple[str, str]] = {
     "annotate": ("flows.annotate.annotate_flow", "cpu"),
+    # One of K workers of an annotate run (`seke annotate --workers K --via-deployments`).
+    "annotate-worker": ("flows.annotate.annotate_worker", "cpu"),
     "finetune": ("flows.finetune.finetune_flow", "gpu"),
     "benchmark": ("flows.benchmark.benchmark_flow", "gpu"),
     "audit": ("flows.audit.audit_flow", "cpu"),

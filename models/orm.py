@@ -22,10 +22,12 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -152,6 +154,8 @@ class Run(Base):
     config: Mapped[dict[str, Any]]
     code_version: Mapped[str] = mapped_column(String(64))
     stop_reason: Mapped[str | None] = mapped_column(Text)
+    #: Why every worker should stop claiming (cancelled, interrupted, budget); cleared when the run reopens.
+    stop_requested: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _now()
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -173,7 +177,10 @@ class RunImage(Base):
     """Per-run state of one image: the system of record for resume."""
 
     __tablename__ = "run_images"
-    __table_args__ = (Index("ix_run_images_run_status", "run_id", "status"),)
+    __table_args__ = (
+        Index("ix_run_images_run_status", "run_id", "status"),
+        Index("ix_run_images_claimable", "run_id", "image_id", postgresql_where=text("status IN ('pending', 'sampling')")),
+    )
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), primary_key=True)
@@ -184,6 +191,9 @@ class RunImage(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    #: The worker holding the image (tasks/leases.py) and until when; an expired lease is claimable again.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class VLLMCall(Base):
@@ -223,6 +233,7 @@ class UAMCStep(Base):
         UniqueConstraint("run_id", "image_id", "step"),
         CheckConstraint("decision IN ('sample', 'stop', 'max-reached')", name="decision_value"),
         Index("ix_uamc_steps_u_max", "u_max"),
+        Index("ix_uamc_steps_image", "image_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -251,7 +262,13 @@ class Annotation(LabelValueMixin, Base):
             " OR (provenance = 'generated' AND summary_call_id IS NOT NULL)",
             name="provenance_link",
         ),
-        Index("ix_annotations_field_uncertainty", "field", "uncertainty"),
+        Index(
+            "ix_annotations_generated_uncertainty",
+            "field",
+            "uncertainty",
+            "id",
+            postgresql_where=text("provenance = 'generated'"),
+        ),
         Index("ix_annotations_image", "image_id"),
     )
 
@@ -266,6 +283,51 @@ class Annotation(LabelValueMixin, Base):
     uncertainty: Mapped[float | None] = mapped_column(Float)
     samples_used: Mapped[int | None]
     created_at: Mapped[dt.datetime] = _now()
+
+
+class RunCallTotal(Base):
+    """Calls, tokens and cost of a run per stage, kept current by a trigger on vllm_calls (migration 0005).
+
+    Each connection adds to its own `slot`, so concurrent writers never wait on one row: sum the slots.
+    """
+
+    __tablename__ = "run_call_totals"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    invalid: Mapped[int] = mapped_column(BigInteger)
+    tokens_in: Mapped[int] = mapped_column(BigInteger)
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(16, 6))
+    latency_s: Mapped[float]
+
+
+class LabelTotal(Base):
+    """Final labels per run, source, field and provenance, kept current by a trigger on annotations."""
+
+    __tablename__ = "label_totals"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source_datasets.id"), primary_key=True)
+    field: Mapped[str] = mapped_column(String(16), primary_key=True)
+    provenance: Mapped[str] = mapped_column(String(16), primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    labels: Mapped[int] = mapped_column(BigInteger)
+    uncertainty_sum: Mapped[float]
+    uncertainty_n: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateBucket(Base):
+    """A token bucket per endpoint shared by every worker (tasks/shared_limit.py): requests and tokens left."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    requests: Mapped[float]
+    tokens: Mapped[float]
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
 
 
 class Instruction(Base):

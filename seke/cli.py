@@ -332,8 +332,16 @@ def annotate(
     normaliser: Annotated[
         Normaliser, typer.Option(help="UAMC uncertainty normaliser: fixed (largest variance) or attainable (largest reachable with S_n samples).")
     ] = Normaliser.fixed,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes sharing the run (leased images).")] = 1,
+    via_deployments: Annotated[
+        bool, typer.Option(help="Start the workers as `annotate-worker` deployment runs on a Prefect server's work pool.")
+    ] = False,
+    lease_s: Annotated[float, typer.Option(min=1, help="Seconds a dead worker's images stay leased before others take them.")] = 30.0,
 ) -> None:
-    """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
+    """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
+
+    Several invocations (or --workers K) on one run share its images; Ctrl-C or
+    SIGTERM stop it cleanly, and re-running the same name resumes it."""
     _prefect_defaults()
     from flows.annotate import annotate_flow
     from tasks.annotate import AnnotateConfig
@@ -343,20 +351,41 @@ def annotate(
     _ready(settings)
     uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc)
-    with _endpoint(settings) as (base_url, model):
-        result = annotate_flow(
-            run_name=run,
-            config=config,
-            limit=limit,
-            max_calls=max_calls,
-            max_cost_usd=max_cost,
-            concurrency=concurrency,
-            shard_size=shard_size,
-            images_per_task=images_per_task,
-            base_url=base_url,
-            model=model,
-        )
+    try:
+        with _endpoint(settings) as (base_url, model):
+            state = annotate_flow(
+                run_name=run,
+                config=config,
+                limit=limit,
+                max_calls=max_calls,
+                max_cost_usd=max_cost,
+                concurrency=concurrency,
+                shard_size=shard_size,
+                images_per_task=images_per_task,
+                base_url=base_url,
+                model=model,
+                workers=workers,
+                via_deployments=via_deployments,
+                lease_s=lease_s,
+                return_state=True,
+            )
+    except KeyboardInterrupt:  # before the run's own handlers were in place: no image was claimed yet
+        console.print(f"[yellow]interrupted before run {run!r} started annotating; re-run the command to continue[/yellow]")
+        raise typer.Exit(130) from None
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):  # the flow failed before it had a report: one line, not a traceback
+        console.print(f"[red]run {run!r} failed:[/red] {result}")
+        raise typer.Exit(1)
     _print_report(result)
+    if result["status"] == "stopped":
+        images = result["images"]
+        console.print(
+            f"[yellow]run {run!r} stopped ({result['stop_reason']}): {images.get('done', 0)} of "
+            f"{sum(images.values())} images done; resume with `seke annotate --run {run}`[/yellow]"
+        )
+        # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel; 0 for a budget (it did what was asked).
+        reason = result["stop_reason"] or ""
+        raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
 
 
 def _print_report(report: dict) -> None:

@@ -62,6 +62,9 @@ class SimulatorConfig(BaseModel):
     server_error_rate: float = Field(default=0.0, ge=0, le=1, description="Share answered 500/503.")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Share of answers truncated or invalid.")
     storm_requests: int = Field(default=0, ge=0, description="The first N requests fail, 429 and 503 in turn.")
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="A provider's cap: a token bucket of 2 s of burst; requests over it get 429."
+    )
     api_key: SecretStr | None = Field(default=None, description="If set, requests must carry this bearer key.")
 
     @field_validator("model_name")
@@ -171,6 +174,23 @@ class _Simulator:
         self.config = config
         self.rng = random.Random(config.seed)
         self.requests = 0
+        self.over_cap = 0  # requests refused by the requests_per_minute cap
+        self._cap_tokens = 2 * (config.requests_per_minute or 0) / 60
+        self._cap_updated = time.monotonic()
+
+    def over_rate_cap(self) -> bool:
+        """Whether this request exceeds the configured requests/min (a bucket refilled continuously)."""
+        rpm = self.config.requests_per_minute
+        if rpm is None:
+            return False
+        now = time.monotonic()
+        self._cap_tokens = min(2 * rpm / 60, self._cap_tokens + (now - self._cap_updated) * rpm / 60)
+        self._cap_updated = now
+        if self._cap_tokens >= 1:
+            self._cap_tokens -= 1
+            return False
+        self.over_cap += 1
+        return True
 
     def latency_s(self) -> float:
         c = self.config
@@ -208,6 +228,9 @@ class _Simulator:
         if body.get("model") != c.model_name:
             message = f"The model {body.get('model')!r} does not exist; this simulator serves {c.model_name!r}."
             return _error(404, message, "model_not_found")
+        if self.over_rate_cap():
+            headers = {"retry-after": "1", "retry-after-ms": "500"}
+            return _error(429, "Rate limit reached for requests per minute.", "rate_limit_exceeded", headers)
         failure = self.fault()
         if failure is not None:
             return failure
@@ -254,6 +277,10 @@ class _Simulator:
             }
         )
 
+    async def stats(self, request: Request) -> JSONResponse:
+        """Requests seen and refused by the requests/min cap: what a test compares with what was stored."""
+        return JSONResponse({"requests": self.requests, "over_cap": self.over_cap})
+
     async def models(self, request: Request) -> JSONResponse:
         model = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": FINGERPRINT}
         return JSONResponse({"object": "list", "data": [model]})
@@ -265,6 +292,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
         routes=[
             Route("/v1/chat/completions", state.chat, methods=["POST"]),
             Route("/v1/models", state.models, methods=["GET"]),
+            Route("/simulator/stats", state.stats, methods=["GET"]),
         ]
     )
 

@@ -18,6 +18,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class SharedBudget(Protocol):
+    """A budget shared beyond this process (tasks/shared_limit.py): consulted after the local one admits."""
+
+    def acquire(self, tokens_estimate: float) -> None: ...
+
+    def settle(self, tokens_estimate: float, actual_tokens: float) -> None: ...
 
 
 class RateLimiter:
@@ -29,7 +38,9 @@ class RateLimiter:
         burst_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        shared: SharedBudget | None = None,
     ) -> None:
+        self._shared = shared
         if requests_per_minute <= 0 or tokens_per_minute <= 0:
             raise ValueError(
                 f"rate limits must be positive (got requests_per_minute={requests_per_minute}, "
@@ -70,16 +81,20 @@ class RateLimiter:
                 if self._requests >= 1.0 and self._tokens >= token_threshold:
                     self._requests -= 1.0
                     self._tokens -= needed
-                    return
+                    break
                 wait = max(
                     (1.0 - self._requests) / self._request_rate,
                     (token_threshold - self._tokens) / self._token_rate,
                 )
             # Sleep outside the lock so other threads can settle or check in meanwhile.
             self._sleep(max(wait, 0.001))
+        if self._shared is not None:  # the endpoint's caps, shared with every other worker
+            self._shared.acquire(needed)
 
     def settle(self, tokens_estimate: int, actual_tokens: int) -> None:
         """Correct the token bucket once the real usage of an admitted request is known."""
         with self._lock:
             self._refill()
             self._tokens = min(self._token_capacity, self._tokens + tokens_estimate - actual_tokens)
+        if self._shared is not None:
+            self._shared.settle(tokens_estimate, actual_tokens)

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
 
 from models.labels import Split
-from models.orm import Image, Run, RunImage, UAMCStep, VLLMCall
+from models.orm import Image, Run, RunCallTotal, RunImage, UAMCStep
 from tasks.annotate import AnnotateConfig
 
 
 class RunConfigMismatch(ValueError):
     pass
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def config_differences(stored: Run, wanted: dict[str, Any], model: str, kind: str) -> list[str]:
+    """The settings in which a new invocation differs from the stored run, as 'field: stored → given'."""
+    before = {"model": stored.model, "kind": stored.kind, **_flat(stored.config.get("annotate") or {})}
+    after = {"model": model, "kind": kind, **_flat(wanted)}
+    return [
+        f"{name}: {before.get(name)!r} → {after.get(name)!r}"
+        for name in sorted(before.keys() | after.keys())
+        if before.get(name) != after.get(name)
+    ]
 
 
 def open_run(
@@ -34,27 +49,27 @@ def open_run(
     kind: str = "annotate",
     image_ids: list[int] | None = None,
 ) -> int:
-    """Create the run, or reopen it for resume; enqueue its images. Returns the run id.
+    """Create the run, or reopen it to resume or to join workers already on it; enqueue its images.
 
-    A run's AnnotateConfig is fixed at creation: resume replays the same seeded
-    decisions, so reopening with a different config is refused. Limits and the
-    endpoint's rate settings may change between attempts.
+    Safe under races: two invocations creating the same run at once both get
+    it (INSERT … ON CONFLICT), and the run row stays locked until this
+    transaction commits, so invocations open one after the other. A run's
+    AnnotateConfig and model are fixed at creation (resume replays the same
+    seeded decisions): a different one is refused, naming the fields, before
+    anything is queued. Limits and the endpoint's rate settings may change
+    between invocations; a larger --limit extends the run.
     """
-    stored = session.scalars(select(Run).where(Run.name == name)).one_or_none()
     wanted = config.model_dump(mode="json")
-    if stored is None:
-        stored = Run(
-            name=name,
-            kind=kind,
-            model=model,
-            config={"annotate": wanted, "endpoint": endpoint},
-            code_version=code_version,
-        )
-        session.add(stored)
-        session.flush()
-    elif stored.config.get("annotate") != wanted or stored.model != model:
+    session.execute(
+        insert(Run)
+        .values(name=name, kind=kind, model=model, config={"annotate": wanted, "endpoint": endpoint}, code_version=code_version)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    stored = session.scalars(select(Run).where(Run.name == name).with_for_update()).one()
+    differing = config_differences(stored, wanted, model, kind)
+    if differing:
         raise RunConfigMismatch(
-            f"run {name!r} exists with a different configuration or model ({stored.model}); "
+            f"run {name!r} exists with a different configuration ({'; '.join(differing)}); "
             "resume it with the same settings, or choose a new --run name"
         )
     if image_ids is None:
@@ -68,8 +83,15 @@ def open_run(
             .values([{"run_id": stored.id, "image_id": image_id} for image_id in image_ids])
             .on_conflict_do_nothing(index_elements=["run_id", "image_id"])
         )
+    # Images that failed in an earlier pass are retried (their stored calls are replayed).
+    session.execute(
+        update(RunImage)
+        .where(RunImage.run_id == stored.id, RunImage.status == "failed")
+        .values(status="pending", lease_owner=None, lease_expires_at=None)
+    )
     stored.status = "running"
     stored.stop_reason = None
+    stored.stop_requested = None
     stored.started_at = stored.started_at or dt.datetime.now(dt.UTC)
     return stored.id
 
@@ -85,38 +107,41 @@ def unfinished_images(session: Session, run_id: int) -> list[int]:
     )
 
 
-@contextmanager
-def run_lock(engine: Engine, run_id: int, run_name: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock on the run: one process annotates a run at a time.
-
-    Session-level advisory locks outlive transactions and survive the connection
-    going back to the pool, so the lock is released explicitly (or by the server
-    when the process dies and its connection drops).
-    """
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": run_id}):
-            raise RuntimeError(f"run {run_name!r} is being annotated by another process; wait for it or stop it first")
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": run_id})
+def request_stop(session: Session, run_id: int, reason: str) -> None:
+    """Ask every worker of the run to stop claiming images; the first reason given is kept."""
+    session.execute(
+        update(Run).where(Run.id == run_id, Run.stop_requested.is_(None)).values(stop_requested=reason)
+    )
 
 
-def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> str:
-    """Mark the run completed, stopped (budget, abort) or failed (images failed); returns the status."""
-    counts = dict(
+def stop_requested(session: Session, run_id: int) -> str | None:
+    return session.scalar(select(Run.stop_requested).where(Run.id == run_id))
+
+
+def image_counts(session: Session, run_id: int) -> dict[str, int]:
+    """Images of the run per status."""
+    return dict(
         session.execute(
             select(RunImage.status, func.count()).where(RunImage.run_id == run_id).group_by(RunImage.status)
         ).all()
     )
+
+
+def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> str:
+    """Mark the run completed (every image done), stopped (budget, cancel, interrupt) or failed; returns the status.
+
+    Every worker of the run calls it as it ends; it is idempotent, and the
+    last worker's call sees the final counts.
+    """
+    counts = image_counts(session, run_id)
     unfinished = sum(n for status, n in counts.items() if status != "done")
-    if stop_reason:
+    if not unfinished:
+        status, stop_reason = "completed", None
+    elif stop_reason:
         status = "stopped"
-    elif unfinished:
+    else:
         status = "failed"
         stop_reason = f"{counts.get('failed', 0)} images failed; re-run to retry them"
-    else:
-        status = "completed"
     session.execute(
         update(Run)
         .where(Run.id == run_id)
@@ -147,17 +172,16 @@ def run_report(session: Session, run_id: int) -> RunReport:
     if run is None:
         raise ValueError(f"no run with id {run_id}")
     report = RunReport(run.name, run.status, run.model, run.stop_reason)
-    report.images = dict(
-        session.execute(select(RunImage.status, func.count()).where(RunImage.run_id == run_id).group_by(RunImage.status)).all()
-    )
+    report.images = image_counts(session, run_id)
+    # From the summary kept by trigger (migration 0005): a few rows, not a scan of the run's calls.
     calls, invalid, tokens_in, tokens_out, cost = session.execute(
         select(
-            func.count(VLLMCall.id),
-            func.count(VLLMCall.id).filter(VLLMCall.valid.is_(False)),
-            func.coalesce(func.sum(VLLMCall.tokens_in), 0),
-            func.coalesce(func.sum(VLLMCall.tokens_out), 0),
-            func.coalesce(func.sum(VLLMCall.cost_usd), 0),
-        ).where(VLLMCall.run_id == run_id)
+            func.coalesce(func.sum(RunCallTotal.calls), 0),
+            func.coalesce(func.sum(RunCallTotal.invalid), 0),
+            func.coalesce(func.sum(RunCallTotal.tokens_in), 0),
+            func.coalesce(func.sum(RunCallTotal.tokens_out), 0),
+            func.coalesce(func.sum(RunCallTotal.cost_usd), 0),
+        ).where(RunCallTotal.run_id == run_id)
     ).one()
     report.calls, report.invalid_calls = int(calls), int(invalid)
     report.tokens_in, report.tokens_out, report.cost_usd = int(tokens_in), int(tokens_out), float(cost)

@@ -70,6 +70,15 @@ def database_url(postgres_admin_url: str) -> str:
     return url
 
 
+@pytest.fixture(autouse=True)
+def _close_pooled_connections() -> Iterator[None]:
+    """Each test leaves no pooled connection behind: the suite creates many databases on one server."""
+    yield
+    from core.db import dispose_engine
+
+    dispose_engine()
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(

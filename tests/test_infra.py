@@ -259,10 +259,12 @@ def test_deployment_names_and_pools(deployments: ModuleType) -> None:
     # The pipeline triggers deployments by these names; infra/ is not importable from flows/.
     assert used_by_pipeline == deployments.DEPLOYMENTS
     pools = {key: pool for key, (_, pool) in deployments.FLOWS.items()}
-    assert pools == {"annotate": "cpu", "finetune": "gpu", "benchmark": "gpu", "audit": "cpu", "pipeline": "cpu"}
+    assert pools == {
+        "annotate": "cpu", "annotate-worker": "cpu", "finetune": "gpu", "benchmark": "gpu", "audit": "cpu", "pipeline": "cpu"
+    }
 
 
-@pytest.mark.parametrize("key", ["annotate", "finetune", "benchmark", "audit", "pipeline"])
+@pytest.mark.parametrize("key", ["annotate", "annotate-worker", "finetune", "benchmark", "audit", "pipeline"])
 def test_deployment_entrypoints_are_flows_of_their_names(deployments: ModuleType, key: str) -> None:
     deployment = deployments.build_deployment(key)  # raises unless the flow exists and is named `key`
     assert deployment.entrypoint == deployments.FLOWS[key][0]

@@ -12,7 +12,7 @@ Existing labels all came from their image's own source, so they are backfilled
 from images.source_id. Downgrading keeps only those.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 """
 
 from collections.abc import Sequence
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,203 @@
+"""Several annotate processes on one run, end to end: real PostgreSQL, the Prefect test API, the simulator
+over HTTP, `seke annotate` as subprocesses. Exactly-once work, a killed worker's images taken over,
+Ctrl-C / SIGTERM turned into a clean stop that resumes, and one rate cap for all workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from core.config import Settings
+from simulator.server import SimulatorConfig, running_simulator
+from tests.helpers import prepared_settings
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path) -> Settings:
+    return prepared_settings(postgres_admin_url, tmp_path, demo)
+
+
+def environment(settings: Settings, base_url: str, **extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {
+        **os.environ,
+        "SEKE_DATABASE_URL": settings.database_url.get_secret_value(),
+        "SEKE_STORE_URL": settings.store_url,
+        "SEKE_STATE_DIR": str(settings.state_dir),
+        "SEKE_VLLM_BASE_URL": base_url,
+        "SEKE_VLLM_MODEL": "seke-simulator",
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        **extra,
+    }
+
+
+def annotate(env: dict[str, str], *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "seke", "annotate", *(args if "--run" in args else ("--run", "shared", *args))]
+    # A session of its own: a Ctrl-C can be sent to its process group, as a terminal does.
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def query(settings: Settings, sql: str) -> list[tuple]:
+    engine = create_engine(settings.database_url.get_secret_value())
+    with engine.connect() as connection:
+        rows = [tuple(row) for row in connection.execute(text(sql))]
+    engine.dispose()
+    return rows
+
+
+def scalar(settings: Settings, sql: str):
+    return query(settings, sql)[0][0]
+
+
+def wait_for(settings: Settings, sql: str, at_least: int, processes: list[subprocess.Popen], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while scalar(settings, sql) < at_least:
+        assert time.monotonic() < deadline, f"timed out waiting for {sql}"
+        for process in processes:
+            assert process.poll() is None, process.stdout.read()[-3000:]
+        time.sleep(0.05)
+
+
+def simulator_stats(base_url: str) -> dict:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/simulator/stats") as response:
+        return json.load(response)
+
+
+def assert_exactly_once(settings: Settings, images: int) -> None:
+    assert query(settings, "SELECT status, count(*) FROM run_images GROUP BY 1") == [("done", images)]
+    duplicates = scalar(
+        settings,
+        "SELECT count(*) FROM (SELECT 1 FROM vllm_calls GROUP BY run_id, image_id, stage, sample_index HAVING count(*) > 1) d",
+    )
+    assert duplicates == 0
+    assert scalar(settings, "SELECT count(DISTINCT image_id) FROM instructions") == images
+    assert {n for (n,) in query(settings, "SELECT count(*) FROM annotations GROUP BY image_id")} == {20}
+    # No unfinished image is left leased.
+    assert scalar(settings, "SELECT count(*) FROM run_images WHERE status <> 'done' AND lease_owner IS NOT NULL") == 0
+
+
+def test_two_processes_started_together_share_the_run_exactly_once(fresh: Settings) -> None:
+    # Calls slow enough that neither process can finish the run before the other has started.
+    with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
+        env = environment(fresh, base_url)
+        processes = [annotate(env, "--limit", "40", "--concurrency", "4") for _ in range(2)]
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+        paid = simulator_stats(base_url)["requests"]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert_exactly_once(fresh, 40)
+    workers = query(fresh, "SELECT split_part(lease_owner, ':', 2), count(*) FROM run_images GROUP BY 1")
+    assert len(workers) == 2 and all(n > 0 for _, n in workers), workers  # both processes annotated images
+    assert scalar(fresh, "SELECT count(*) FROM vllm_calls") == paid  # no call paid twice
+    assert query(fresh, "SELECT status, stop_reason FROM runs") == [("completed", None)]
+
+
+def test_a_killed_worker_images_are_taken_over_after_the_lease(fresh: Settings) -> None:
+    with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
+        env = environment(fresh, base_url)
+        survivor = annotate(env, "--limit", "30", "--concurrency", "3", "--lease-s", "3")
+        victim = annotate(env, "--limit", "30", "--concurrency", "3", "--lease-s", "3")
+        wait_for(fresh, "SELECT count(DISTINCT split_part(lease_owner, ':', 2)) FROM run_images", 2, [survivor, victim])
+        wait_for(fresh, "SELECT count(*) FROM vllm_calls", 15, [survivor, victim])
+        victim_pid = str(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        held = scalar(fresh, f"SELECT count(*) FROM run_images WHERE status <> 'done' AND split_part(lease_owner, ':', 2) = '{victim_pid}'")
+        output = survivor.communicate(timeout=300)[0]
+        paid = simulator_stats(base_url)["requests"]
+    assert survivor.returncode == 0, output
+    assert held > 0  # the victim really died holding images
+    assert_exactly_once(fresh, 30)
+    # Paid but never stored: only what the victim had in flight (at most one call per image slot).
+    assert 0 <= paid - scalar(fresh, "SELECT count(*) FROM vllm_calls") <= 3
+    assert query(fresh, "SELECT status FROM runs") == [("completed",)]
+
+
+@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, "2"), (signal.SIGTERM, "1"), (signal.SIGTERM, "2")])
+def test_ctrl_c_and_sigterm_stop_the_run_cleanly_and_resume_finishes(fresh: Settings, signum: int, workers: str) -> None:
+    with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
+        env = environment(fresh, base_url)
+        process = annotate(env, "--limit", "24", "--concurrency", "3", "--workers", workers)
+        wait_for(fresh, "SELECT count(*) FROM run_images WHERE status = 'done'", 3, [process])
+        # A terminal's Ctrl-C reaches the whole process group; SIGTERM (a supervisor) only the CLI.
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        output = process.communicate(timeout=300)[0]
+        name = signal.Signals(signum).name
+        assert process.returncode == 130, output
+        assert f"stopped (interrupted ({name}))" in output.replace("\n", " ") and "Traceback" not in output, output
+        status, reason = query(fresh, "SELECT status, stop_reason FROM runs")[0]
+        assert status == "stopped" and reason == f"interrupted ({name})"
+        assert scalar(fresh, "SELECT count(*) FROM run_images WHERE status <> 'done' AND lease_owner IS NOT NULL") == 0
+        done_before = scalar(fresh, "SELECT count(*) FROM run_images WHERE status = 'done'")
+        assert 0 < done_before < 24
+        resumed = annotate(env, "--limit", "24", "--concurrency", "3")
+        output = resumed.communicate(timeout=300)[0]
+        paid = simulator_stats(base_url)["requests"]
+    assert resumed.returncode == 0, output
+    assert_exactly_once(fresh, 24)
+    assert scalar(fresh, "SELECT count(*) FROM vllm_calls") <= paid <= scalar(fresh, "SELECT count(*) FROM vllm_calls") + 6
+    assert query(fresh, "SELECT status, stop_reason FROM runs") == [("completed", None)]
+
+
+def test_two_workers_share_one_rate_cap_without_429s(fresh: Settings) -> None:
+    cap = 300  # requests/min: 5 per second for both workers together
+    with running_simulator(SimulatorConfig(requests_per_minute=cap)) as base_url:
+        env = environment(fresh, base_url, SEKE_REQUESTS_PER_MINUTE=str(cap), SEKE_VLLM_MAX_ATTEMPTS="1")
+        processes = [annotate(env, "--limit", "24", "--concurrency", "4") for _ in range(2)]
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+        stats = simulator_stats(base_url)
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert stats["over_cap"] == 0  # no 429 from the cap, although each worker alone is allowed the full cap
+    assert_exactly_once(fresh, 24)
+    calls, seconds = query(fresh, "SELECT count(*), extract(epoch FROM max(started_at) - min(started_at)) FROM vllm_calls")[0]
+    rate = (calls - 1) / float(seconds) * 60
+    assert rate >= 0.8 * cap, f"{rate:.0f} requests/min used of a {cap} cap"
+
+
+def test_cancelling_the_parent_in_the_api_stops_every_worker_and_resume_finishes(fresh: Settings) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.states import Cancelling
+
+    def flow_runs(name: str):
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)), sort=FlowRunSort.ID_DESC, limit=200
+            )
+
+    with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
+        env = environment(fresh, base_url)
+        process = annotate(env, "--run", "cancelled", "--limit", "24", "--concurrency", "3", "--workers", "2")
+        wait_for(fresh, "SELECT count(*) FROM run_images WHERE status = 'done'", 3, [process])
+        (parent,) = [run for run in flow_runs("annotate-cancelled") if not run.state.is_final()]
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(parent.id, Cancelling(message="cancelled from the UI"), force=True)
+        output = process.communicate(timeout=300)[0]
+        assert process.returncode == 1 and "stopped (cancelled)" in output.replace("\n", " ") and "Traceback" not in output, output
+        assert query(fresh, "SELECT status, stop_reason FROM runs") == [("stopped", "cancelled")]
+        assert scalar(fresh, "SELECT count(*) FROM run_images WHERE status <> 'done' AND lease_owner IS NOT NULL") == 0
+        runs = flow_runs("%cancelled%")
+        assert len(runs) >= 3 and all(run.state.is_final() for run in runs), [(run.name, run.state.type) for run in runs]
+        assert {run.state.type.value for run in runs if "shard" not in run.name} == {"CANCELLED"}
+        resumed = annotate(env, "--run", "cancelled", "--limit", "24", "--concurrency", "3")
+        output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert_exactly_once(fresh, 24)
