@@ -412,7 +412,7 @@ def finetune(
     called on the main process only.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -420,7 +420,10 @@ def finetune(
     on_gpu = torch.cuda.is_available()
     bf16 = config.bf16 if config.bf16 is not None else on_gpu
     checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else on_gpu
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+    # SigLIP's post-layernorm is off the loss path (LLaVA takes the last hidden
+    # state before it), so DDP must not wait for its gradient.
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", kwargs_handlers=[unused])
     world, rank = accelerator.num_processes, accelerator.process_index
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if config.use_lora and sharded:

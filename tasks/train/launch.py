@@ -45,14 +45,20 @@ def launch_command(
     main_process_ip: str | None = None,
     main_process_port: int | None = None,
     cuda: bool | None = None,
-) -> list[str]:
-    """`accelerate launch` arguments up to (not including) the script; processes counts all machines."""
+) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` arguments up to (not including) the script, and environment variables to add.
+
+    processes counts all machines. Several CPU processes use accelerate's
+    multi-process launcher with ACCELERATE_USE_CPU (its `--cpu` flag starts a
+    single process), which gives DDP over gloo.
+    """
     import torch
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if processes < 1 or machines < 1 or not 0 <= machine_rank < machines:
         raise ValueError(f"need processes >= 1, machines >= 1 and 0 <= machine_rank < machines; got {processes}, {machines}, {machine_rank}")
     command = [sys.executable, "-m", "accelerate.commands.launch"]
+    env: dict[str, str] = {}
     if config_file is not None:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"accelerate config file {config_file} does not exist (write one with `accelerate config`)")
@@ -61,7 +67,9 @@ def launch_command(
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES} or an accelerate config file, got {strategy!r}")
         if strategy == "ddp":
-            command += ["--multi_gpu"] if cuda and processes > 1 else ["--cpu"] if not cuda else []
+            if not cuda:
+                env["ACCELERATE_USE_CPU"] = "true"
+            command += ["--multi_gpu"] if processes > 1 or machines > 1 else []
         elif not cuda:
             raise ValueError(
                 f"strategy {strategy!r} needs GPUs: accelerate shards models with FSDP / DeepSpeed on GPUs only; "
@@ -83,7 +91,7 @@ def launch_command(
         command += ["--machine_rank", str(machine_rank), "--main_process_ip", main_process_ip]
     if main_process_port is not None:
         command += ["--main_process_port", str(main_process_port)]
-    return command
+    return command, env
 
 
 def entry_arguments(config: dict, export_dir: Path, base_model_dir: Path, output_dir: Path) -> list[str]:
