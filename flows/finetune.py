@@ -183,6 +183,13 @@ def finetune_flow(
 
     logger = get_run_logger()
     settings = get_settings()
+    if base_model is None and train_config is None:
+        # The tiny random model (no base checkpoint given) cannot learn at the paper's lr 1e-5,
+        # which stays the default for real models.
+        from tasks.train import DEMO_TRAIN_CONFIG
+
+        logger.info("no base model and no train config: the tiny model trains with %s", DEMO_TRAIN_CONFIG)
+        train_config = DEMO_TRAIN_CONFIG
     config = TrainConfig.from_dict(train_config or {})
     run_id, finished = _open_training_run(settings, name, export_id, config.to_dict())
     if finished is not None:

@@ -48,7 +48,7 @@ def launch_command(
 ) -> tuple[list[str], dict[str, str]]:
     """`accelerate launch` arguments up to (not including) the script, and environment variables to add.
 
-    processes counts all machines. Several CPU processes use accelerate's
+    processes counts all machines; with a config file, its counts apply. Several CPU processes use accelerate's
     multi-process launcher with ACCELERATE_USE_CPU (its `--cpu` flag starts a
     single process), which gives DDP over gloo.
     """
@@ -84,7 +84,8 @@ def launch_command(
         else:
             command += ["--use_deepspeed", "--zero_stage", "3", "--gradient_accumulation_steps", "1", "--zero3_save_16bit_model", "false"]
         command += ["--mixed_precision", "bf16" if bf16 else "no", "--dynamo_backend", "no"]
-    command += ["--num_processes", str(processes), "--num_machines", str(machines)]
+    if config_file is None:  # a config file carries its own process and machine counts
+        command += ["--num_processes", str(processes), "--num_machines", str(machines)]
     if machines > 1:
         if main_process_ip is None:
             raise ValueError("several machines need main_process_ip (the address of machine 0)")
