@@ -2,7 +2,7 @@
 
 The stand-in for a real LLaVA-OneVision checkpoint in the demo and tests (no
 model hub here): same classes (SigLIP vision tower, 2-layer MLP projector,
-Qwen2 language model), same anyres tiling and ChatML tokens, ~10^5 parameters
+Qwen2 language model), same anyres tiling and ChatML tokens, ~5·10^5 parameters
 instead of ~10^9, so it trains, saves, reloads and generates on CPU in seconds.
 """
 
@@ -38,7 +38,7 @@ VIDEO_TOKEN = "<video>"  # unused, but LlavaOnevisionConfig needs a video token 
 
 @dataclass(frozen=True)
 class TinySizes:
-    """Dimensions of the tiny model; the defaults give ~1.4·10^5 parameters."""
+    """Dimensions of the tiny model; the defaults give ~5·10^5 parameters (most in the embeddings)."""
 
     vocab_size: int = 3000  # byte symbols + specials + phrase merges (fewer when the corpus runs out of pairs)
     text_hidden: int = 64
