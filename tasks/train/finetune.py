@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -315,6 +316,7 @@ def _save(accelerator, output_dir: Path, model, processor, state: _State, record
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary / ACCELERATE_DIR))
+    accelerator.wait_for_everyone()  # every process's files are written before the rename
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if use_lora:
@@ -423,7 +425,11 @@ def finetune(
     # SigLIP's post-layernorm is off the loss path (LLaVA takes the last hidden
     # state before it), so DDP must not wait for its gradient.
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", kwargs_handlers=[unused])
+    # Under `accelerate launch` its --mixed_precision (set from TrainConfig.bf16 by tasks.train.launch)
+    # also shapes FSDP's policies; alone, the autocast in accumulate_gradients does bf16, and accelerate's
+    # process-wide state stays "no", so one process may run fine-tunes with different settings.
+    launched = "ACCELERATE_MIXED_PRECISION" in os.environ
+    accelerator = Accelerator(mixed_precision=None if launched else "no", kwargs_handlers=[unused])
     world, rank = accelerator.num_processes, accelerator.process_index
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if config.use_lora and sharded:
