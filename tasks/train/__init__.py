@@ -2,7 +2,9 @@
 
 Modules: `data` (export loading, chat template, tokenisation, collation),
 `tiny` (a tiny randomly initialised base checkpoint for demos and tests),
-`finetune` (TrainConfig and the training loop), `generate` (batched greedy
+`finetune` (TrainConfig and the training loop, alone or under accelerate),
+`launch` (the `accelerate launch` command for several processes and its entry
+point), `plan` (memory per GPU before launching), `generate` (batched greedy
 inference with the training chat template). The package imports none of
 them, so `import tasks.train` does not pull in torch.
 """
