@@ -1,7 +1,13 @@
 """Training throughput of tasks.train.finetune on a synthetic FEID export.
 
     python bench/train_throughput.py                      # tiny random model, CPU or GPU
+    python bench/train_throughput.py --preset llava-onevision-qwen2-0.5b --image-size 384 --batch-size 8
     python bench/train_throughput.py --model /ckpt/llava-onevision-qwen2-0.5b-ov --image-size 384
+
+--preset builds a LLaVA-OneVision of that size from its published dimensions
+(tasks.train.plan.PRESETS) with random weights: no hub access, the same
+FLOPs per token as the real checkpoint (its tokenizer is a small BPE, which
+changes token counts per word, not the cost per token).
 
 Prints tokens/s (input tokens, image placeholders included) and samples/s over
 the steps after --warmup-steps, all measured in this one run. With CUDA it also
@@ -28,8 +34,10 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from transformers import AutoConfig, LlavaOnevisionForConditionalGeneration  # noqa: E402
 
+from tasks.train.data import CHAT_TEMPLATE, ImageOnlyLlavaOnevisionProcessor  # noqa: E402
 from tasks.train.finetune import StepLog, TrainConfig, finetune  # noqa: E402
-from tasks.train.tiny import build_tiny_llava  # noqa: E402
+from tasks.train.plan import PRESETS, preset_config  # noqa: E402
+from tasks.train.tiny import IMAGE_TOKEN, VIDEO_TOKEN, _train_tokenizer, build_tiny_llava  # noqa: E402
 
 QUESTION = "What expression, valence/arousal and action units does this face show?"
 WORDS = "the face shows happiness with AU6 and AU12 active valence 0.7 arousal 0.4 because cheeks rise".split()
@@ -56,6 +64,31 @@ def write_export(export_dir: Path, examples: int, image_size: int, answer_words:
     return texts
 
 
+def build_preset(out_dir: Path, corpus: list[str], preset: str) -> Path:
+    """A random-weight LLaVA-OneVision of a preset's size, with a processor (384 px tiles, anyres up to 2×2)."""
+    from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
+
+    tokenizer = _train_tokenizer(corpus, 3000)
+    config = preset_config(preset)
+    config.image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    config.video_token_index = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+    tile = config.vision_config.image_size
+    pinpoints = [[tile * rows, tile * cols] for rows in (1, 2) for cols in (1, 2)]
+    config.image_grid_pinpoints = pinpoints
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    LlavaOnevisionForConditionalGeneration(config).save_pretrained(out_dir)
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints)
+    processor = ImageOnlyLlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, vision_feature_select_strategy="full",
+        num_image_tokens=(tile // config.vision_config.patch_size) ** 2, chat_template=CHAT_TEMPLATE,
+    )  # fmt: skip
+    image_processor.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def parameter_count(model_dir: Path) -> int:
     # Built on the meta device: counts parameters without allocating them.
     config = AutoConfig.from_pretrained(str(model_dir))
@@ -67,6 +100,7 @@ def parameter_count(model_dir: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="LLaVA-OneVision checkpoint dir; default: a tiny random one")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="random-weight model of this size, built from config")
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=48, help="square image side in pixels")
     parser.add_argument("--answer-words", type=int, default=60)
@@ -83,7 +117,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seke-train-bench-") as scratch:
         root = Path(scratch)
         texts = write_export(root / "export", args.examples, args.image_size, args.answer_words)
-        model_dir = args.model or build_tiny_llava(root / "tiny", texts)
+        if args.preset:
+            model_dir = build_preset(root / "preset", texts, args.preset)
+        else:
+            model_dir = args.model or build_tiny_llava(root / "tiny", texts)
         config = TrainConfig(
             learning_rate=1e-5,
             max_steps=args.steps,
@@ -102,7 +139,8 @@ def main() -> None:
     steps = len(logs) - args.warmup_steps
     samples = steps * args.batch_size * args.grad_accumulation
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device: {device}  model: {args.model or 'tiny random LLaVA-OneVision'}  parameters: {parameters:,}")
+    name = args.model or (f"{args.preset} (random weights)" if args.preset else "tiny random LLaVA-OneVision")
+    print(f"device: {device}  model: {name}  parameters: {parameters:,}  bf16: {config.bf16 is not False and torch.cuda.is_available()}")
     print(
         f"timed {steps} steps after {args.warmup_steps} warm-up: batch {args.batch_size} × accumulation "
         f"{args.grad_accumulation}, {tokens / (steps * args.batch_size * args.grad_accumulation):.0f} tokens/sample "

@@ -132,7 +132,8 @@ def benchmark_flow(
     key = f"benchmark-{slug(name)}"
     create_table_artifact(table_rows([(label, scores)]), key=key, description=f"FEAB scores of {model}, Table 2 layout")
     create_markdown_artifact(
-        markdown + "\n\nCharts: " + ", ".join(chart_uris) + f"\n\nUnparseable answers: {scores.n_unparseable} of {scores.n}",
+        markdown + "\n\nCharts: " + ", ".join(chart_uris) + f"\n\nUnparseable answers: {scores.n_unparseable} of {scores.n}; "
+        f"complete (expression, valence/arousal and AUs): {scores.n_complete} of {scores.n}",
         key=f"{key}-report",
     )
     return {

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,35 @@ def _restore_latest_checkpoint(sessions, store: ObjectStore, run_id: int, name: 
         download_prefix(store, _model_prefix(name, checkpoint), output_dir / checkpoint)
 
 
+def _train_in_subprocess(command: list[str], launch_env: dict[str, str], on_step, logger) -> dict[str, Any]:
+    """Run the distributed job (`accelerate launch ...`), streaming its step lines; its result line back."""
+    from tasks.train.launch import read_events
+
+    tail: list[str] = []
+
+    def other(line: str) -> None:
+        tail.append(line)
+        del tail[:-40]
+        logger.debug("%s", line)
+
+    # The workers import this checkout's packages whatever the worker's working directory.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **launch_env, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    # Its own session: cancelling the flow run then stops the launcher and every worker process.
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True, env=env
+    ) as process:
+        try:
+            result = read_events(process.stdout, on_step, other)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        code = process.wait()
+    if code != 0 or result is None:
+        raise RuntimeError(f"distributed fine-tune exited with {code}: {' '.join(command)}\n" + "\n".join(tail[-20:]))
+    return result
+
+
 @flow(name="finetune", flow_run_name="finetune-{name}")
 def finetune_flow(
     name: Name,
@@ -128,18 +161,39 @@ def finetune_flow(
     base_model: str | None = None,
     train_config: dict[str, Any] | None = None,
     then_benchmark: dict[str, Any] | None = None,
+    processes: int = 1,
+    strategy: str = "ddp",
+    accelerate_config: str | None = None,
+    machines: int = 1,
+    machine_rank: int = 0,
+    main_process_ip: str | None = None,
+    main_process_port: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on export `export_id`; returns the training result with the final model's URI.
 
-    `then_benchmark` (benchmark flow parameters) triggers the benchmark deployment
-    when training completes: the deployment path of the trigger chain.
+    One process trains in the flow's own process. Several (`processes` over
+    all `machines`, with `strategy` ddp / fsdp / deepspeed-zero3, or an
+    `accelerate_config` file) run as an `accelerate launch` subprocess whose
+    step, loss, learning rate and tokens/s stream into the flow's logs and a
+    progress artifact. `then_benchmark` (benchmark flow parameters) triggers the
+    benchmark deployment when training completes: the deployment path of the
+    trigger chain.
     """
     import torch
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from tasks.train.finetune import StepLog, TrainConfig, checkpoint_dirs, finetune
+    from tasks.train.finetune import TrainConfig, checkpoint_dirs, finetune
+    from tasks.train.launch import entry_arguments, launch_command
 
     logger = get_run_logger()
     settings = get_settings()
+    if base_model is None and train_config is None:
+        # The tiny random model (no base checkpoint given) cannot learn at the paper's lr 1e-5,
+        # which stays the default for real models.
+        from tasks.train import DEMO_TRAIN_CONFIG
+
+        logger.info("no base model and no train config: the tiny model trains with %s", DEMO_TRAIN_CONFIG)
+        train_config = DEMO_TRAIN_CONFIG
     config = TrainConfig.from_dict(train_config or {})
     run_id, finished = _open_training_run(settings, name, export_id, config.to_dict())
     if finished is not None:
@@ -178,24 +232,41 @@ def finetune_flow(
                     )
                 uploaded.add(checkpoint.name)
 
-        def on_step(log: StepLog) -> None:
-            if log.step == 1 or log.step % 10 == 0 or log.step == log.total_steps:
-                logger.info("step %s/%s loss %.4f lr %.2e", log.step, log.total_steps, log.loss, log.learning_rate)
+        progress_id = create_progress_artifact(0.0, key=f"finetune-{name}".lower().replace("_", "-"), description="starting")
+        last = {"tokens": None, "elapsed": 0.0}
+
+        def on_step(log: dict[str, Any]) -> None:
+            # tokens/s over the last step (the launcher's own figure when it sends one).
+            rate = log.get("tokens_per_s")
+            if rate is None and last["tokens"] is not None and log["elapsed_s"] > last["elapsed"]:
+                rate = (log["tokens_seen"] - last["tokens"]) / (log["elapsed_s"] - last["elapsed"])
+            last.update(tokens=log["tokens_seen"], elapsed=log["elapsed_s"])
+            line = f"step {log['step']}/{log['total_steps']} loss {log['loss']:.4f} lr {log['learning_rate']:.2e}"
+            line += f" {rate:,.0f} tokens/s" if rate else ""
+            if log["step"] == 1 or log["step"] % 10 == 0 or log["step"] == log["total_steps"]:
+                logger.info("%s", line)
+                update_progress_artifact(progress_id, 100 * log["step"] / log["total_steps"], description=line)
             push_new_checkpoints()
 
-        trained = finetune(config, export_dir, base_dir, output_dir, resume=True, progress=on_step)
+        if processes == 1 and accelerate_config is None and machines == 1:
+            trained = asdict(finetune(config, export_dir, base_dir, output_dir, progress=lambda log: on_step(asdict(log))))
+        else:
+            command, launch_env = launch_command(
+                processes=processes, strategy=strategy, config_file=Path(accelerate_config) if accelerate_config else None,
+                bf16=config.bf16 if config.bf16 is not None else torch.cuda.is_available(), machines=machines,
+                machine_rank=machine_rank, main_process_ip=main_process_ip, main_process_port=main_process_port,
+            )  # fmt: skip
+            command += entry_arguments(config.to_dict(), export_dir, base_dir, output_dir)
+            logger.info("launching %s processes: %s", processes, " ".join(command))
+            trained = _train_in_subprocess(command, launch_env, on_step, logger)
         push_new_checkpoints()  # the checkpoint written after the last step
-        final_uri = upload_dir(store, trained.final_dir, _model_prefix(name, "final"))
+        final_uri = upload_dir(store, Path(trained["final_dir"]), _model_prefix(name, "final"))
         result = {
             "training_run_id": run_id,
             "final_uri": final_uri,
             "final_model": STORE_PREFIX + _model_prefix(name, "final"),
-            "steps": trained.steps,
-            "first_loss": trained.first_loss,
-            "last_loss": trained.last_loss,
-            "tokens_seen": trained.tokens_seen,
-            "train_time_s": trained.train_time_s,
-            "skipped_ids": trained.skipped_ids,
+            "world_size": trained["world_size"],
+            **{key: trained[key] for key in ("steps", "first_loss", "last_loss", "tokens_seen", "train_time_s", "skipped_ids")},
         }
         with sessions.begin() as session:
             run = session.get(TrainingRun, run_id)
@@ -205,7 +276,7 @@ def finetune_flow(
             run.final_uri = final_uri
             run.result = result
             run.finished_at = dt.datetime.now(dt.UTC)
-        logger.info("training run %s: loss %.3f → %.3f in %s steps", name, trained.first_loss, trained.last_loss, trained.steps)
+        logger.info("training run %s: loss %.3f → %.3f in %s steps", name, result["first_loss"], result["last_loss"], result["steps"])
     if then_benchmark is not None:
         from flows.pipeline import trigger
 

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from core.config import Settings, get_settings
 from tasks.importers import IMPORTERS
+from tasks.train import DEMO_TRAIN_CONFIG
 
 if TYPE_CHECKING:
     from tasks.ingest import IngestReport
@@ -500,11 +501,6 @@ def simulator_serve(
     serve(config, host=host, port=port)
 
 
-#: The demo fine-tunes a tiny randomly initialised model for a few minutes on CPU: the paper's
-#: lr 1e-5 (meant for a pretrained 7B model) would not move it, so the demo uses a larger one.
-DEMO_TRAIN_CONFIG = {"learning_rate": 2e-3, "epochs": 3, "batch_size": 4, "save_steps": 25, "warmup_ratio": 0.03}
-
-
 def _train_config(path: Path | None) -> dict | None:
     import json
 
@@ -518,19 +514,59 @@ def _train_config(path: Path | None) -> dict | None:
 
 @app.command()
 def finetune(
-    name: Annotated[str, typer.Option(help="Training run name; re-running it resumes.", callback=_valid_name)],
-    export_id: Annotated[int, typer.Option(help="Export to train on (`seke export` prints it).")],
+    name: Annotated[str | None, typer.Option(help="Training run name; re-running it resumes.", callback=_valid_name)] = None,
+    export_id: Annotated[int | None, typer.Option(help="Export to train on (`seke export` prints it).")] = None,
     base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields (defaults: paper §4.2).")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Training processes (GPUs) over all machines; >1 launches `accelerate launch`.")] = 1,
+    strategy: Annotated[str, typer.Option(help="ddp, fsdp or deepspeed-zero3 (sharding needs GPUs).")] = "ddp",
+    accelerate_config: Annotated[Path | None, typer.Option(help="accelerate config file (multi-node, offload, ...); replaces --strategy.")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast; default on with CUDA.")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations; default on with CUDA.")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the memory per GPU under each strategy and GPU count, then exit.")] = False,
+    plan_model: Annotated[str | None, typer.Option(help="For --plan: checkpoint dir or preset (llava-onevision-qwen2-0.5b / -7b); default --base-model.")] = None,
+    gpu_memory_gb: Annotated[float, typer.Option(help="For --plan: memory of one GPU in GB.")] = 80.0,
 ) -> None:
     """Fine-tune LLaVA-OneVision on an FEID export (full SFT; LoRA with {"use_lora": true})."""
+    train_config = _train_config(config) or {}
+    for field, value in (("bf16", bf16), ("gradient_checkpointing", gradient_checkpointing)):
+        if value is not None:
+            train_config[field] = value
+    if plan:
+        _print_memory_plan(plan_model or base_model, train_config, gpu_memory_gb)
+        return
+    if name is None or export_id is None:
+        raise typer.BadParameter("--name and --export-id are required to train (only --plan runs without them)")
     _prefect_defaults()
     from flows.finetune import finetune_flow
 
     settings = get_settings()
     _ready(settings)
-    result = finetune_flow(name=name, export_id=export_id, base_model=base_model, train_config=_train_config(config))
+    result = finetune_flow(
+        name=name, export_id=export_id, base_model=base_model, train_config=train_config or None, processes=processes,
+        strategy=strategy, accelerate_config=str(accelerate_config) if accelerate_config else None,
+    )  # fmt: skip
     console.print(f"[green]trained[/green] {name}: loss {result['first_loss']:.3f} → {result['last_loss']:.3f} in {result['steps']} steps; model at {result['final_uri']}")
+
+
+def _print_memory_plan(model: str | None, train_config: dict, gpu_memory_gb: float) -> None:
+    from tasks.train.finetune import TrainConfig
+    from tasks.train.plan import memory_plan, model_config, model_shape
+
+    if model is None:
+        raise typer.BadParameter("--plan needs --plan-model (or --base-model): a checkpoint dir or a preset name")
+    train = TrainConfig.from_dict(train_config)
+    checkpointing = train.gradient_checkpointing is not False  # on GPUs it defaults to on
+    shape = model_shape(model_config(model))
+    table = Table(
+        "strategy", "GPUs", "weights", "grads", "AdamW", "activ.", "total", f"fits {gpu_memory_gb:g}",
+        title=f"GB per GPU. {model}: {shape.parameters / 1e9:.2f}B parameters, full SFT (AdamW, fp32 master weights), "
+        f"batch {train.batch_size} × {train.max_length} tokens, gradient checkpointing {'on' if checkpointing else 'off'}",
+    )  # fmt: skip
+    for row in memory_plan(shape, batch_size=train.batch_size, seq_len=train.max_length, gpu_memory_gb=gpu_memory_gb, gradient_checkpointing=checkpointing):
+        numbers = (row.weights_gb, row.gradients_gb, row.optimizer_gb, row.activations_gb, row.total_gb)
+        table.add_row(row.strategy, str(row.gpus), *(f"{n:.1f}" for n in numbers), "[green]yes[/green]" if row.fits else "[red]no[/red]")
+    console.print(table)
 
 
 @app.command()
@@ -581,7 +617,10 @@ def _print_scores(result: dict) -> None:
         table.add_row(*("–" if row[c] is None else f"{row[c]:.3f}" if "MAE" in c else str(row[c]) for c in columns))
     console.print(table)
     scores = result["scores"]
-    console.print(f"{scores['n']} FEAB images, {scores['n_unparseable']} answers unparseable; charts: {', '.join(result['charts'])}")
+    console.print(
+        f"{scores['n']} FEAB images: {scores['n_complete']} answers complete (expression, valence/arousal and AUs), "
+        f"{scores['n_unparseable']} unparseable; charts: {', '.join(result['charts'])}"
+    )
     if "simulator" in result["table"]:
         console.print("[yellow]The model is the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
 

@@ -142,6 +142,10 @@ def test_score_counts_unparseable_and_skips_unlabelled_tasks() -> None:
     ]
     result = score(predictions, references)
     assert result.n_unparseable == 1
+    # Complete: expression, valence and arousal, all 17 AUs — none of these predictions is.
+    assert result.n_complete == 0
+    full = FaceLabels(expression="anger", valence=0.1, arousal=0.2, aus=dict.fromkeys(ACTION_UNITS, False))
+    assert score([full, *predictions[1:]], references).n_complete == 1
     assert result.expression_accuracy == 0.5 and result.uar == 0.5
     assert result.valence_mae == pytest.approx(0.2) and result.arousal_mae is None
     assert result.coverage["valence"].missing == 1 and result.coverage["arousal"].missing == 2

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 from rouge_score import rouge_scorer
 
-from models.labels import ACTION_UNITS, FaceLabels
+from models.labels import ACTION_UNITS, FaceLabels, Task
 
 
 def _check_lengths(predicted: Sequence[object], reference: Sequence[object]) -> None:
@@ -133,6 +133,9 @@ class BenchmarkScores(BaseModel):
 
     n: int = Field(ge=0, description="Images scored.")
     n_unparseable: int = Field(ge=0, description="Answers from which nothing could be read (prediction None).")
+    n_complete: int | None = Field(
+        default=None, ge=0, description="Answers carrying all three descriptions: expression, valence and arousal, all 17 AUs."
+    )
     expression_accuracy: float | None = None
     uar: float | None = None
     war: float | None = None
@@ -216,6 +219,7 @@ def score(
     return BenchmarkScores(
         n=len(references),
         n_unparseable=sum(p is None for p in predictions),
+        n_complete=sum(p is not None and all(p.has(task) for task in Task) for p in predictions),
         expression_accuracy=exp_acc,
         uar=unweighted_average_recall(pred_exp, ref_exp) if ref_exp else None,
         war=weighted_average_recall(pred_exp, ref_exp) if ref_exp else None,

@@ -5,24 +5,35 @@ EMO-LLaMA. Loss is the mean cross-entropy over answer tokens only (the labels
 built in tasks.train.data), weighted per token across gradient-accumulation
 micro-batches.
 
-Why a plain loop and not transformers' Trainer (TRL is not installed): the
-schedule of micro-batches is a pure function of (seed, step), so a resumed run
-sees exactly the batches it would have seen; the loss is normalised by the
-answer tokens of the whole accumulated step (Trainer's default drops columns
-its forward signature does not list and averages per micro-batch unless told
-otherwise); and each checkpoint carries our run record. That is ~150 lines we
-can read, against Trainer's many interacting options.
+Engine: accelerate, driving one loop on one device, DDP, FSDP or DeepSpeed
+ZeRO-3 (chosen by `accelerate launch` flags or an accelerate config file; see
+tasks.train.launch). Not TRL's SFTTrainer nor transformers' Trainer: this loop
+keeps three guarantees those make hard to keep together — the schedule of
+examples is a pure function of (seed, step) for every world size, so a resumed
+run sees exactly the batches it would have seen; the loss is normalised by the
+answer tokens of the whole accumulated step summed over all processes (Trainer
+averages per micro-batch and per process unless told otherwise, and drops
+columns its forward signature does not list); and each checkpoint carries our
+run record. accelerate brings what a plain loop cannot: process groups,
+gradient sync, sharding, mixed-precision policies and sharded checkpoints.
+
+Data parallel semantics: batch_size is per process, so a step holds
+batch_size × world_size × grad_accumulation examples; every process takes its
+slice of each global micro-batch. Two processes with batch_size 2 therefore
+train on the same examples per step as one with batch_size 4 (a test checks
+that their losses agree).
 
 Checkpoint layout (output_dir/checkpoint-N, written to a temp dir and renamed,
 so a crash mid-save never leaves a half checkpoint that resume would pick):
-    config.json + model.safetensors     full SFT: the whole model
-    adapter_config.json + adapter_model.safetensors   LoRA: adapter + projector only
-    processor files                     tokenizer, image processor, chat template
+    accelerate/                         accelerator.save_state: model (sharded under FSDP /
+                                        ZeRO-3), optimizer, scheduler, RNG of every process
+    config.json + processor files       the model config, tokenizer, image processor, chat template
+    adapter_config.json + adapter_model.safetensors   LoRA only: the adapter (+ projector)
     train_config.json                   TrainConfig + export hash + versions (the run record)
-    training_state.pt                   optimizer, scheduler, step, losses, RNG state
-output_dir/final holds the full model (LoRA merged into the base weights, so it
-loads like any LLaVA-OneVision checkpoint), the processor, train_config.json
-and train_result.json.
+    training_state.json                 step, world size, losses, tokens, data position
+output_dir/final holds the full model (gathered from the shards; LoRA merged
+into the base weights, so it loads like any LLaVA-OneVision checkpoint), the
+processor, train_config.json and train_result.json.
 """
 
 from __future__ import annotations
@@ -30,9 +41,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache, partial
 from importlib import metadata
@@ -54,7 +67,8 @@ from tasks.train.data import (
     load_processor,
 )
 
-STATE_FILE = "training_state.pt"
+STATE_FILE = "training_state.json"
+ACCELERATE_DIR = "accelerate"
 RECORD_FILE = "train_config.json"
 RESULT_FILE = "train_result.json"
 # Fields that may change between a crash and its resume without changing the run.
@@ -160,6 +174,7 @@ class TrainResult:
     train_time_s: float  # this call's optimizer steps only
     resumed_from_step: int
     skipped_ids: list[str]
+    world_size: int = 1  # processes that trained
 
 
 @dataclass
@@ -170,14 +185,19 @@ class _State:
     answer_tokens: int = 0
 
 
-def step_schedule(n_examples: int, config: TrainConfig) -> tuple[int, Callable[[int], list[list[int]]]]:
-    """(total optimizer steps, step → its micro-batches of example indices).
+def step_schedule(
+    n_examples: int, config: TrainConfig, world_size: int = 1
+) -> tuple[int, Callable[[int], list[list[int]]]]:
+    """(total optimizer steps, step → its global micro-batches of example indices).
 
-    Epoch e shuffles with seed (config.seed, e); its ceil(n / batch_size)
-    micro-batches form ceil(that / grad_accumulation) steps (the last step of
-    an epoch may be shorter). Pure, so a resumed run replays the same order.
+    A global micro-batch holds batch_size × world_size examples (see
+    `rank_share` for each process's slice). Epoch e shuffles with seed
+    (config.seed, e); its ceil(n / global micro-batch) micro-batches form
+    ceil(that / grad_accumulation) steps (the last step of an epoch may be
+    shorter). Pure, so a resumed run replays the same order.
     """
-    batches_per_epoch = math.ceil(n_examples / config.batch_size)
+    global_batch = config.batch_size * world_size
+    batches_per_epoch = math.ceil(n_examples / global_batch)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accumulation)
     total = config.max_steps or config.epochs * steps_per_epoch
 
@@ -189,11 +209,22 @@ def step_schedule(n_examples: int, config: TrainConfig) -> tuple[int, Callable[[
     def batches_of(step: int) -> list[list[int]]:
         epoch, index = divmod(step, steps_per_epoch)
         order = order_of(epoch)
-        first = index * config.grad_accumulation * config.batch_size
-        last = min(first + config.grad_accumulation * config.batch_size, n_examples)
-        return [order[i : min(i + config.batch_size, last)] for i in range(first, last, config.batch_size)]
+        first = index * config.grad_accumulation * global_batch
+        last = min(first + config.grad_accumulation * global_batch, n_examples)
+        return [order[i : min(i + global_batch, last)] for i in range(first, last, global_batch)]
 
     return total, batches_of
+
+
+def rank_share(global_batch: list[int], rank: int, batch_size: int) -> tuple[list[int], bool]:
+    """This process's slice of a global micro-batch, and whether it is a stand-in.
+
+    At the end of an epoch a slice can be empty; every process must still run
+    forward and backward (gradient sync is collective), so it takes the first
+    example as a stand-in whose loss is masked out.
+    """
+    share = global_batch[rank * batch_size : (rank + 1) * batch_size]
+    return (share, False) if share else (global_batch[:1], True)
 
 
 def run_record(config: TrainConfig, export_dir: Path, base_model_dir: Path, examples: int, skipped: list[str]) -> dict:
@@ -222,7 +253,7 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _check_same_run(checkpoint: Path, record: dict) -> None:
+def _check_same_run(checkpoint: Path, record: dict, world_size: int) -> None:
     saved = json.loads((checkpoint / RECORD_FILE).read_text())
     old, new = saved["train_config"], record["train_config"]
     changed = [k for k in new if k not in _RESUME_MAY_DIFFER and old.get(k) != new[k]]
@@ -234,21 +265,25 @@ def _check_same_run(checkpoint: Path, record: dict) -> None:
             f"{checkpoint} belongs to a different run ({details}); use a new output_dir, "
             "or delete its checkpoints to start over."
         )
+    saved_world = json.loads((checkpoint / STATE_FILE).read_text())["world_size"]
+    if saved_world != world_size:
+        raise ValueError(
+            f"{checkpoint} was written by {saved_world} processes but this run has {world_size}: resume with "
+            f"{saved_world} processes (the data order and the optimizer shards depend on it)."
+        )
 
 
-def _load_model(config: TrainConfig, base_model_dir: Path, checkpoint: Path | None) -> torch.nn.Module:
+def _load_model(config: TrainConfig, base_model_dir: Path) -> torch.nn.Module:
     # fp32 master weights; bf16 only inside autocast, so lr 1e-5 updates do not
-    # vanish in bf16 rounding (bf16 keeps ~3 significant digits).
-    source = checkpoint if checkpoint is not None and not config.use_lora else base_model_dir
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(source), dtype=torch.float32)
+    # vanish in bf16 rounding (bf16 keeps ~3 significant digits). A resumed run
+    # builds the same model and accelerator.load_state puts the saved weights in.
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(base_model_dir), dtype=torch.float32)
     if not config.use_lora:
         if config.vision_tower_lr == 0:
             model.model.vision_tower.requires_grad_(False)
         return model
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
-    if checkpoint is not None:
-        return PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
     names = "|".join(config.lora_target_modules)
     lora = LoraConfig(
         r=config.lora_rank,
@@ -273,69 +308,91 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def _save(
-    output_dir: Path, model: torch.nn.Module, processor, optimizer, scheduler, state: _State, record: dict
-) -> Path:
+def _save(accelerator, output_dir: Path, model, processor, state: _State, record: dict, use_lora: bool) -> Path:
+    """Every process writes its part (shards, RNG) of checkpoint-N; the main process the rest and renames."""
     final = output_dir / f"checkpoint-{state.step}"
     temporary = output_dir / f".checkpoint-{state.step}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)  # PeftModel saves only the adapter (+ modules_to_save)
-    processor.save_pretrained(temporary)
-    (temporary / RECORD_FILE).write_text(json.dumps(record, indent=2))
-    torch.save(
-        {
-            **asdict(state),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "cpu_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        temporary / STATE_FILE,
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    temporary.rename(final)
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary / ACCELERATE_DIR))
+    accelerator.wait_for_everyone()  # every process's files are written before the rename
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if use_lora:
+            unwrapped.save_pretrained(temporary)  # the adapter (+ modules_to_save) on its own
+        unwrapped.config.save_pretrained(temporary)
+        processor.save_pretrained(temporary)
+        (temporary / RECORD_FILE).write_text(json.dumps(record, indent=2))
+        (temporary / STATE_FILE).write_text(
+            json.dumps({**asdict(state), "world_size": accelerator.num_processes, "next_step": state.step}, indent=2)
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        temporary.rename(final)
+    accelerator.wait_for_everyone()
     return final
 
 
-def _restore(checkpoint: Path, optimizer, scheduler) -> tuple[_State, Callable[[], None]]:
-    """Load optimizer and scheduler state; return the run state and a function restoring the RNG."""
-    saved = torch.load(checkpoint / STATE_FILE, weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-
-    def restore_rng() -> None:
-        torch.set_rng_state(saved["cpu_rng"])
-        if saved["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-
-    return _State(saved["step"], saved["losses"], saved["tokens_seen"], saved["answer_tokens"]), restore_rng
+def _saved_state(checkpoint: Path) -> _State:
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    return _State(saved["step"], saved["losses"], saved["tokens_seen"], saved["answer_tokens"])
 
 
 def accumulate_gradients(
-    model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], device: torch.device, bf16: bool
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    bf16: bool,
+    *,
+    accelerator=None,
+    stand_ins: Sequence[bool] | None = None,
 ) -> tuple[float, int, int]:
     """Backward over one optimizer step's micro-batches (collated, with labels).
 
-    Returns (mean cross-entropy per answer token, answer tokens, input tokens).
-    Each micro-batch's summed loss is divided by the answer tokens of the whole
-    step, so the accumulated gradient equals that of one batch holding all of
-    them, whatever the micro-batch lengths.
+    Returns (mean cross-entropy per answer token, answer tokens, input tokens),
+    all over every process. Each micro-batch's summed loss is divided by the
+    answer tokens of the whole step on all processes, so the accumulated
+    gradient equals that of one batch holding all of them, whatever the
+    micro-batch lengths and the world size. Data-parallel backends average
+    gradients over processes, hence the factor world_size. Stand-in
+    micro-batches (see rank_share) carry no loss and no tokens.
     """
+    world = accelerator.num_processes if accelerator is not None else 1
+    stand_ins = list(stand_ins) if stand_ins is not None else [False] * len(micro_batches)
     # Position t predicts token t+1, so the loss counts labels from position 1 on.
-    answer_tokens = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in micro_batches)
-    total_loss, input_tokens = 0.0, 0
-    for batch in micro_batches:
+    counts = torch.tensor(
+        [
+            [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()), int(batch["attention_mask"].sum())]
+            for batch, stand_in in zip(micro_batches, stand_ins, strict=True)
+            if not stand_in
+        ]
+        or [[0, 0]],
+        dtype=torch.float64,
+    ).sum(0)
+    total_loss = torch.zeros((), dtype=torch.float64)
+    if accelerator is not None:
+        counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    answer_tokens, input_tokens = int(counts[0]), int(counts[1])
+    for index, batch in enumerate(micro_batches):
         batch = {key: value.to(device) for key, value in batch.items()}
         labels = batch.pop("labels")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**batch, use_cache=False).logits  # (B, L, vocab)
-        loss_sum = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        (loss_sum / answer_tokens).backward()
-        total_loss += loss_sum.item()
-        input_tokens += int(batch["attention_mask"].sum())
-    return total_loss / answer_tokens, answer_tokens, input_tokens
+        if stand_ins[index]:
+            labels = torch.full_like(labels, IGNORE_INDEX)
+        last = index == len(micro_batches) - 1
+        # Gradients are synchronised once per step, after the last micro-batch.
+        sync = nullcontext() if accelerator is None or last else accelerator.no_sync(model)
+        with sync:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**batch, use_cache=False).logits  # (B, L, vocab)
+            loss_sum = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            scaled = loss_sum * world / answer_tokens
+            scaled.backward() if accelerator is None else accelerator.backward(scaled)
+        total_loss += loss_sum.detach().double().cpu()
+    if accelerator is not None:
+        total_loss = accelerator.reduce(total_loss.to(accelerator.device), "sum").cpu()
+    return float(total_loss) / answer_tokens, answer_tokens, input_tokens
 
 
 def finetune(
@@ -349,17 +406,39 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune the checkpoint in base_model_dir on the FEID export in export_dir.
 
-    Resumes from the newest output_dir/checkpoint-N when resume is True (model,
-    optimizer, scheduler, step, RNG); with resume False an output_dir that
-    already holds checkpoints is refused rather than silently mixed.
+    Runs in every process of a distributed launch (`accelerate launch`, see
+    tasks.train.launch) or alone. Resumes from the newest
+    output_dir/checkpoint-N when resume is True (model, optimizer, scheduler,
+    step, RNG of every process); with resume False an output_dir that already
+    holds checkpoints is refused rather than silently mixed. `progress` is
+    called on the main process only.
     """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.type == "cuda"
+    on_gpu = torch.cuda.is_available()
     bf16 = config.bf16 if config.bf16 is not None else on_gpu
     checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else on_gpu
+    # SigLIP's post-layernorm is off the loss path (LLaVA takes the last hidden
+    # state before it), so DDP must not wait for its gradient.
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # Under `accelerate launch` its --mixed_precision (set from TrainConfig.bf16 by tasks.train.launch)
+    # also shapes FSDP's policies; alone, the autocast in accumulate_gradients does bf16, and accelerate's
+    # process-wide state stays "no", so one process may run fine-tunes with different settings.
+    launched = "ACCELERATE_MIXED_PRECISION" in os.environ
+    accelerator = Accelerator(mixed_precision=None if launched else "no", kwargs_handlers=[unused])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if config.use_lora and sharded:
+        raise ValueError("TrainConfig.use_lora works alone or with DDP, not with FSDP / DeepSpeed: LoRA fits one GPU.")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and config.grad_accumulation != 1:
+        raise ValueError(
+            "with DeepSpeed set TrainConfig.grad_accumulation to 1 and raise batch_size or the process count: "
+            "DeepSpeed's engine steps the optimizer itself."
+        )
 
     processor = load_processor(base_model_dir)
     # Checkpoints carry the template we train with (a real base checkpoint ships
@@ -378,47 +457,52 @@ def finetune(
         )
     checkpoint = existing[-1] if existing else None
     if checkpoint is not None:
-        _check_same_run(checkpoint, record)
+        _check_same_run(checkpoint, record, world)
 
     torch.manual_seed(config.seed)  # initial LoRA weights; restored RNG state takes over on resume
-    model = _load_model(config, base_model_dir, checkpoint).to(device)
+    model = _load_model(config, base_model_dir)
     if checkpointing:
         # Non-reentrant checkpointing needs no input grads, so frozen embeddings (LoRA) are fine.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    optimizer = _optimizer(model, config)
-    total_steps, batches_of = step_schedule(len(records), config)
+    raw_optimizer = _optimizer(model, config)
+    total_steps, batches_of = step_schedule(len(records), config, world)
+    # Not passed to prepare(): accelerate's scheduler wrapper steps once per process.
     scheduler = get_scheduler(
         config.lr_scheduler,
-        optimizer,
+        raw_optimizer,
         num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    state, restore_rng = _restore(checkpoint, optimizer, scheduler) if checkpoint is not None else (_State(), None)
+    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer = accelerator.prepare(model, raw_optimizer)
+    state = _saved_state(checkpoint) if checkpoint is not None else _State()
     resumed_from = state.step
     saved = list(existing)
 
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:  # padded positions are masked out of attention and loss, so any id works
         pad_id = processor.tokenizer.eos_token_id
-    plan = [batches_of(step) for step in range(state.step, total_steps)]
+    plan = [[rank_share(batch, rank, config.batch_size) for batch in batches_of(step)] for step in range(state.step, total_steps)]
     loader = torch.utils.data.DataLoader(
         FeidDataset(records, processor, config.max_length),
-        batch_sampler=[batch for step_batches in plan for batch in step_batches],
+        batch_sampler=[share for step_shares in plan for share, _ in step_shares],
         collate_fn=partial(collate, pad_token_id=pad_id),
         num_workers=config.dataloader_workers,
     )
     micro_batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
-    if restore_rng is not None:
+    if checkpoint is not None:
         # After iter(loader), which draws a seed from the global RNG: the saved
         # state was taken after that draw too, so dropout replays exactly.
-        restore_rng()
+        accelerator.load_state(str(checkpoint / ACCELERATE_DIR))
     trainable = [p for p in model.parameters() if p.requires_grad]
     loop_started = time.perf_counter()
-    for step_batches in plan:
-        group = [next(micro_batches) for _ in step_batches]
-        loss, answer_tokens, input_tokens = accumulate_gradients(model, group, device, bf16)
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    for step_shares in plan:
+        group = [next(micro_batches) for _ in step_shares]
+        loss, answer_tokens, input_tokens = accumulate_gradients(
+            model, group, accelerator.device, bf16, accelerator=accelerator, stand_ins=[s for _, s in step_shares]
+        )
+        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -428,21 +512,28 @@ def finetune(
         state.tokens_seen += input_tokens
         state.losses.append(loss)
         if state.step % config.save_steps == 0 or state.step == total_steps:
-            saved.append(_save(output_dir, model, processor, optimizer, scheduler, state, record))
-        if progress is not None:
+            saved.append(_save(accelerator, output_dir, model, processor, state, record, config.use_lora))
+        if progress is not None and accelerator.is_main_process:
             elapsed = time.perf_counter() - loop_started
             progress(StepLog(state.step, total_steps, state.losses[-1], learning_rate, state.tokens_seen, elapsed))
     train_time = time.perf_counter() - loop_started
 
     final_dir = output_dir / "final"
-    shutil.rmtree(final_dir, ignore_errors=True)
-    # LoRA is merged into the base weights for the final model: evaluation and
-    # serving (vLLM) then load one plain checkpoint; the adapter alone stays in
-    # the last checkpoint-N.
-    final_model = model.merge_and_unload() if config.use_lora else model
-    final_model.save_pretrained(final_dir)
-    processor.save_pretrained(final_dir)
-    (final_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
+    accelerator.wait_for_everyone()
+    # Gathered from the shards under FSDP / ZeRO-3 (a collective: every process takes part).
+    full_state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        shutil.rmtree(final_dir, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model)
+        # LoRA is merged into the base weights for the final model: evaluation and
+        # serving (vLLM) then load one plain checkpoint; the adapter alone stays in
+        # the last checkpoint-N.
+        if config.use_lora:
+            unwrapped.merge_and_unload().save_pretrained(final_dir)
+        else:
+            unwrapped.save_pretrained(final_dir, state_dict=full_state)
+        processor.save_pretrained(final_dir)
+        (final_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
     result = TrainResult(
         final_dir=final_dir,
         checkpoint_dirs=sorted(set(saved), key=lambda p: int(p.name.split("-")[1])),
@@ -456,6 +547,9 @@ def finetune(
         train_time_s=train_time,
         resumed_from_step=resumed_from,
         skipped_ids=skipped,
+        world_size=world,
     )
-    (final_dir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
+    if accelerator.is_main_process:
+        (final_dir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
+    accelerator.wait_for_everyone()
     return result

@@ -2,7 +2,7 @@
 
 The stand-in for a real LLaVA-OneVision checkpoint in the demo and tests (no
 model hub here): same classes (SigLIP vision tower, 2-layer MLP projector,
-Qwen2 language model), same anyres tiling and ChatML tokens, ~10^5 parameters
+Qwen2 language model), same anyres tiling and ChatML tokens, ~5·10^5 parameters
 instead of ~10^9, so it trains, saves, reloads and generates on CPU in seconds.
 """
 
@@ -38,9 +38,9 @@ VIDEO_TOKEN = "<video>"  # unused, but LlavaOnevisionConfig needs a video token 
 
 @dataclass(frozen=True)
 class TinySizes:
-    """Dimensions of the tiny model; the defaults give ~1.4·10^5 parameters."""
+    """Dimensions of the tiny model; the defaults give ~5·10^5 parameters (most in the embeddings)."""
 
-    vocab_size: int = 400  # BPE merges on top of the 256 byte symbols and the specials
+    vocab_size: int = 3000  # byte symbols + specials + phrase merges (fewer when the corpus runs out of pairs)
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
@@ -63,13 +63,19 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeni
     # Byte-level BPE like Qwen2's: every string encodes without an unknown token.
     specials = [PAD_TOKEN, TURN_START, END_OF_TURN, IMAGE_TOKEN, VIDEO_TOKEN]
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Merges may cross word boundaries (no regex split), so the recurring
+    # phrases of FEID answers ("Its valence is ", "Active action units: ")
+    # become single tokens: a model this small then learns the answer's
+    # structure in a few hundred steps instead of looping on one phrase. The
+    # length cap keeps tokens phrase-sized rather than whole memorised answers.
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        max_token_length=32,
     )
     # The chat scaffolding is part of every example, so it gets merges too.
     scaffold = [f"system\n{SYSTEM_PROMPT}\nuser\nassistant\n"]
