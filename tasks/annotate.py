@@ -11,52 +11,28 @@ paid for twice and none is duplicated.
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
-from models.labels import FaceLabels, Task, fields_of, task_of
+from models.labels import FaceLabels, fields_of, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from core.store import ObjectStore, StoreError
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
-from tasks.prompts import (
-    REWRITE_STAGE,
-    SAMPLE_STAGE,
-    SUMMARY_STAGE,
-    RenderedPrompt,
-    choose_question,
-    deterministic_answer,
-    prior_prompt,
-    rewrite_prompt,
-    summary_prompt,
-)
-from tasks.uamc import Step, UAMCConfig, decide, image_rng, initial_samples, normalised_uncertainties, task_statistics
+from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
+from tasks.seke import AnnotateConfig, Answer, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
+from tasks.uamc import Step, image_rng
 from tasks.vllm import CallResult, PermanentCallError, TransientCallError, VLLMClient
 
 #: Stage names as stored in vllm_calls.stage.
 DB_STAGE = {SAMPLE_STAGE: "prior-sample", SUMMARY_STAGE: "summary", REWRITE_STAGE: "rewrite"}
-
-
-class AnnotateConfig(BaseModel):
-    """What decides a run's output; stored with the run and fixed for its lifetime (resume replays it)."""
-
-    seed: int = Field(default=0, description="Seeds UAMC draws, sample seeds and question choice.")
-    use_prior: bool = Field(default=True, description="Embed known human labels + emotion knowledge (ablation: off).")
-    uamc: UAMCConfig = Field(default_factory=UAMCConfig)
-    rewrite_with_llm: bool = Field(default=True, description="Off: the answer is assembled without a rewrite call.")
-    tasks_to_mask: list[Task] = Field(
-        default_factory=list,
-        description="Audit runs: treat these human descriptions as missing and regenerate them.",
-    )
 
 
 class Budget:
@@ -112,10 +88,6 @@ class StoredCall:
     error: str | None
 
 
-class ImageFailed(Exception):
-    """Ends one image with a reason; the run goes on."""
-
-
 def store_prompt(session: Session, prompt: RenderedPrompt) -> None:
     """A rendered prompt, stored once under its sha256 (calls and benchmark runs refer to it)."""
     session.execute(
@@ -123,11 +95,6 @@ def store_prompt(session: Session, prompt: RenderedPrompt) -> None:
         .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
         .on_conflict_do_nothing(index_elements=["sha256"])
     )
-
-
-def _sub_seed(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 @dataclass
@@ -138,6 +105,48 @@ class _ImageState:
     steps: set[int]
     next_index: dict[str, int] = field(default_factory=lambda: {s: 0 for s in DB_STAGE.values()})
     marked_sampling: bool = False
+
+
+def _db_key(key: tuple[str, int]) -> tuple[str, int]:
+    stage, index = key
+    return DB_STAGE[stage], index
+
+
+class _Replay:
+    """The `call` of one image's procedure: the stored answer when the run has it, else a new, persisted call."""
+
+    def __init__(self, annotator: Annotator, image_id: int, data: bytes, state: _ImageState) -> None:
+        self._annotator = annotator
+        self._image_id = image_id
+        self._data = data
+        self._state = state
+        self.new_calls = 0
+
+    async def call(self, request: CallRequest) -> Answer:
+        annotator = self._annotator
+        db_stage = DB_STAGE[request.stage]
+        stored = self._state.calls.get((db_stage, request.index))
+        if stored is None:
+            temperature, max_tokens = annotator.client.config.stage_params(request.stage)
+            try:
+                result = annotator.client.complete(
+                    request.stage,
+                    request.prompt,
+                    image=self._data,
+                    answer_model=request.answer_model,
+                    temperature=temperature,
+                    seed=request.seed,
+                    max_tokens=max_tokens,
+                )
+            except TransientCallError as exc:
+                raise ImageFailed(f"{db_stage} call {request.index}: {exc}") from exc
+            except PermanentCallError as exc:
+                annotator.budget.abort(f"endpoint refused a request: {exc}")
+                raise ImageFailed(f"{db_stage} call {request.index}: {exc}") from exc
+            annotator.budget.add(result)
+            stored = annotator._persist_call(self._image_id, db_stage, request.index, request.prompt, result, self._state)
+            self.new_calls += 1
+        return Answer(stored.valid, stored.parsed, stored.error)
 
 
 class Annotator:
@@ -229,10 +238,12 @@ class Annotator:
                 )
         self._known_prompts.add(prompt.sha256)  # set.add is atomic under the GIL; a race only repeats an upsert
         state.marked_sampling = True
-        return StoredCall(call_id, stage, index, result.valid, result.parsed, result.error)
+        stored = StoredCall(call_id, stage, index, result.valid, result.parsed, result.error)
+        state.calls[(stage, index)] = stored
+        return stored
 
-    def _persist_step(self, image_id: int, step: Step, state: _ImageState) -> None:
-        if step.step in state.steps:
+    def _persist_step(self, image_id: int, step: Step, state: _ImageState | None = None) -> None:
+        if state is not None and step.step in state.steps:
             return
         with self.sessions.begin() as session:
             session.execute(
@@ -250,155 +261,48 @@ class Annotator:
                 )
                 .on_conflict_do_nothing(index_elements=["run_id", "image_id", "step"])
             )
-        state.steps.add(step.step)
-
-    # -- calls -----------------------------------------------------------------------------
-
-    def _call(
-        self, image: Image, data: bytes, state: _ImageState, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel]
-    ) -> tuple[StoredCall, bool]:
-        """The next call of `stage` for this image: the stored one if the replay has it, else a new one."""
-        db_stage = DB_STAGE[stage]
-        index = state.next_index[db_stage]
-        state.next_index[db_stage] = index + 1
-        stored = state.calls.get((db_stage, index))
-        if stored is not None:
-            return stored, False
-        temperature, max_tokens = self.client.config.stage_params(stage)
-        try:
-            result = self.client.complete(
-                stage,
-                prompt,
-                image=data,
-                answer_model=answer_model,
-                temperature=temperature,
-                seed=_sub_seed(self.config.seed, image.sha256, db_stage, index),
-                max_tokens=max_tokens,
-            )
-        except TransientCallError as exc:
-            raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
-        except PermanentCallError as exc:
-            self.budget.abort(f"endpoint refused a request: {exc}")
-            raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
-        self.budget.add(result)
-        return self._persist_call(image.id, db_stage, index, prompt, result, state), True
-
-    def _valid_answer(
-        self, image: Image, data: bytes, state: _ImageState, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel], invalid: list[str]
-    ) -> tuple[StoredCall, int]:
-        """Calls until a valid answer; the image fails after `max_invalid` invalid answers of any stage."""
-        new_calls = 0
-        while True:
-            call, made = self._call(image, data, state, stage, prompt, answer_model)
-            new_calls += made
-            if call.valid:
-                return call, new_calls
-            invalid.append(f"{call.stage}#{call.sample_index}: {call.error}")
-            if len(invalid) >= self.config.uamc.max_invalid:
-                raise ImageFailed(f"{len(invalid)} invalid answers (last: {invalid[-1]})")
+        if state is not None:
+            state.steps.add(step.step)
 
     # -- the procedure ---------------------------------------------------------------------
 
     def annotate(self, image_id: int) -> ImageOutcome:
         """Annotate one image end to end; never raises for a problem of this image."""
         try:
-            return self._annotate(image_id)
+            return asyncio.run(self._annotate(image_id))
         except ImageFailed as exc:
+            for step in exc.steps:
+                self._persist_step(image_id, step)
             self._mark(image_id, "failed", str(exc))
             return ImageOutcome(image_id, "failed", reason=str(exc))
 
-    def _annotate(self, image_id: int) -> ImageOutcome:
+    async def _annotate(self, image_id: int) -> ImageOutcome:
         image, known, human_ids, state = self._load(image_id)
         try:
             data = self.store.get_bytes(image.object_key)
             validate_image(data, name=image.object_key)
         except (StoreError, InvalidImage) as exc:  # a missing or broken object fails this image alone
             raise ImageFailed(f"cannot read image {image.object_key}: {exc}") from exc
-
-        missing = known.missing_tasks()
-        invalid: list[str] = []
-        new_calls = 0
-        samples: list[dict[str, Any]] = []
-        last_step: Step | None = None
-        if missing:
-            prompt = prior_prompt(known, missing, use_prior=self.config.use_prior)
-            answer_model = sample_answer_model(missing)
-            uamc = self.config.uamc
-
-            def draw() -> None:
-                nonlocal new_calls
-                call, made = self._valid_answer(image, data, state, SAMPLE_STAGE, prompt, answer_model, invalid)
-                new_calls += made
-                samples.append(call.parsed or {})
-
-            for _ in range(initial_samples(uamc)):
-                draw()
-            if uamc.enabled:
-                rng = image_rng(self.config.seed, self.run_name, image.sha256)
-                step_number = 0
-                while True:
-                    last_step = decide(step_number, missing, samples, uamc, rng)
-                    self._persist_step(image.id, last_step, state)
-                    if last_step.decision != "sample":
-                        break
-                    draw()
-                    step_number += 1
-
-        stats = task_statistics(missing, samples) if samples else {}
-        summary_call, made = self._valid_answer(
-            image,
-            data,
-            state,
-            SUMMARY_STAGE,
-            summary_prompt(known, missing, samples, {Task(t): v for t, v in stats.items()}, use_prior=self.config.use_prior),
-            summary_answer_model(missing),
-            invalid,
+        replay = _Replay(self, image.id, data, state)
+        result = await run_seke(
+            SekeImage(image.sha256, sub_seed(self.config.seed, self.run_name, image.sha256, "question")),
+            known,
+            self.config,
+            replay.call,
+            image_rng(self.config.seed, self.run_name, image.sha256),
         )
-        new_calls += made
-        summary = summary_call.parsed or {}
-        generated = labels_from_answer(summary)
-        final = FaceLabels.from_field_values({**generated.field_values(), **known.field_values()})
-        description = str(summary.get("description", ""))
+        for step in result.sampling.steps:
+            self._persist_step(image.id, step, state)
+        self._finish(image.id, result, human_ids, state)
+        return ImageOutcome(image.id, "done", samples_used=len(result.sampling.samples), new_calls=replay.new_calls)
 
-        template_id, question = choose_question(_sub_seed(self.config.seed, self.run_name, image.sha256, "question"))
-        rewrite_call: StoredCall | None = None
-        if self.config.rewrite_with_llm:
-            rewrite_call, made = self._valid_answer(
-                image, data, state, REWRITE_STAGE, rewrite_prompt(question, final, description), RewriteAnswer, invalid
-            )
-            new_calls += made
-            answer = str((rewrite_call.parsed or {}).get("answer", ""))
-        else:
-            answer = deterministic_answer(final, description)
-
-        if last_step is not None:
-            uncertainty = last_step.uncertainties
-        else:  # UAMC off: the spread of the sample(s) drawn, if there are two to compare
-            uncertainty = normalised_uncertainties(missing, samples) if len(samples) > 1 else {}
-        self._finish(
-            image.id,
-            final=final,
-            human_ids=human_ids,
-            summary_call_id=summary_call.id,
-            uncertainty=uncertainty,
-            samples_used=len(samples),
-            instruction=(template_id, question, answer, description, rewrite_call.id if rewrite_call else None),
-        )
-        return ImageOutcome(image.id, "done", samples_used=len(samples), new_calls=new_calls)
-
-    def _finish(
-        self,
-        image_id: int,
-        *,
-        final: FaceLabels,
-        human_ids: dict[str, int],
-        summary_call_id: int,
-        uncertainty: dict[Task, float],
-        samples_used: int,
-        instruction: tuple[int, str, str, str, int | None],
-    ) -> None:
+    def _finish(self, image_id: int, result: SekeResult, human_ids: dict[str, int], state: _ImageState) -> None:
         """Final annotations, the instruction and the image's status: one transaction, so all or nothing."""
-        template_id, question, answer, description, rewrite_call_id = instruction
+        samples_used = len(result.sampling.samples)
+        uncertainty = result.sampling.uncertainty
+        summary_call_id = state.calls[_db_key(result.summary.call)].id
+        rewrite_call_id = state.calls[_db_key(result.rewrite.call)].id if result.rewrite.call else None
+        final = result.summary.final
         with self.sessions.begin() as session:
             rows = [
                 {
@@ -424,10 +328,10 @@ class Annotator:
                 .values(
                     run_id=self.run_id,
                     image_id=image_id,
-                    template_id=template_id,
-                    question=question,
-                    answer=answer,
-                    description=description,
+                    template_id=result.rewrite.template_id,
+                    question=result.rewrite.question,
+                    answer=result.rewrite.answer,
+                    description=result.summary.description,
                     rewrite_call_id=rewrite_call_id,
                 )
                 .on_conflict_do_nothing(index_elements=["run_id", "image_id"])
