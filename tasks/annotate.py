@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -22,18 +22,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.labels import FaceLabels, fields_of, task_of
+from models.vocab import ImageStatus
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from core.store import ObjectStore, StoreError
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
-from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
+from tasks.prompts import RenderedPrompt
 from tasks.seke import AnnotateConfig, Answer, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
 from tasks.uamc import Step, image_rng
 from tasks.vllm import CallResult, PermanentCallError, TransientCallError, VLLMClient
-
-#: Stage names as stored in vllm_calls.stage.
-DB_STAGE = {SAMPLE_STAGE: "prior-sample", SUMMARY_STAGE: "summary", REWRITE_STAGE: "rewrite"}
-
 
 class Budget:
     """Calls and dollars spent by a run, shared by its threads; new images start only while under the caps."""
@@ -103,13 +100,7 @@ class _ImageState:
 
     calls: dict[tuple[str, int], StoredCall]
     steps: set[int]
-    next_index: dict[str, int] = field(default_factory=lambda: {s: 0 for s in DB_STAGE.values()})
     marked_sampling: bool = False
-
-
-def _db_key(key: tuple[str, int]) -> tuple[str, int]:
-    stage, index = key
-    return DB_STAGE[stage], index
 
 
 class _Replay:
@@ -124,8 +115,7 @@ class _Replay:
 
     async def call(self, request: CallRequest) -> Answer:
         annotator = self._annotator
-        db_stage = DB_STAGE[request.stage]
-        stored = self._state.calls.get((db_stage, request.index))
+        stored = self._state.calls.get((request.stage, request.index))
         if stored is None:
             temperature, max_tokens = annotator.client.config.stage_params(request.stage)
             try:
@@ -139,12 +129,12 @@ class _Replay:
                     max_tokens=max_tokens,
                 )
             except TransientCallError as exc:
-                raise ImageFailed(f"{db_stage} call {request.index}: {exc}") from exc
+                raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
             except PermanentCallError as exc:
                 annotator.budget.abort(f"endpoint refused a request: {exc}")
-                raise ImageFailed(f"{db_stage} call {request.index}: {exc}") from exc
+                raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
             annotator.budget.add(result)
-            stored = annotator._persist_call(self._image_id, db_stage, request.index, request.prompt, result, self._state)
+            stored = annotator._persist_call(self._image_id, request.stage, request.index, request.prompt, result, self._state)
             self.new_calls += 1
         return Answer(stored.valid, stored.parsed, stored.error)
 
@@ -233,8 +223,8 @@ class Annotator:
             if not state.marked_sampling:
                 session.execute(
                     update(RunImage)
-                    .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id, RunImage.status == "pending")
-                    .values(status="sampling")
+                    .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id, RunImage.status == ImageStatus.PENDING)
+                    .values(status=ImageStatus.SAMPLING)
                 )
         self._known_prompts.add(prompt.sha256)  # set.add is atomic under the GIL; a race only repeats an upsert
         state.marked_sampling = True
@@ -273,7 +263,7 @@ class Annotator:
         except ImageFailed as exc:
             for step in exc.steps:
                 self._persist_step(image_id, step)
-            self._mark(image_id, "failed", str(exc))
+            self._mark(image_id, ImageStatus.FAILED, str(exc))
             return ImageOutcome(image_id, "failed", reason=str(exc))
 
     async def _annotate(self, image_id: int) -> ImageOutcome:
@@ -300,8 +290,8 @@ class Annotator:
         """Final annotations, the instruction and the image's status: one transaction, so all or nothing."""
         samples_used = len(result.sampling.samples)
         uncertainty = result.sampling.uncertainty
-        summary_call_id = state.calls[_db_key(result.summary.call)].id
-        rewrite_call_id = state.calls[_db_key(result.rewrite.call)].id if result.rewrite.call else None
+        summary_call_id = state.calls[result.summary.call].id
+        rewrite_call_id = state.calls[result.rewrite.call].id if result.rewrite.call else None
         final = result.summary.final
         with self.sessions.begin() as session:
             rows = [
@@ -340,7 +330,7 @@ class Annotator:
                 update(RunImage)
                 .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id)
                 .values(
-                    status="done",
+                    status=ImageStatus.DONE,
                     samples_used=samples_used,
                     failure_reason=None,
                     consistency_flags=consistency_flags(final),

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
 
 from models.labels import Split
+from models.vocab import ImageStatus, RunStatus
 from models.orm import Image, Run, RunImage, UAMCStep, VLLMCall
 from tasks.annotate import AnnotateConfig
 
@@ -102,21 +103,21 @@ def run_lock(engine: Engine, run_id: int, run_name: str) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": run_id})
 
 
-def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> str:
+def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> RunStatus:
     """Mark the run completed, stopped (budget, abort) or failed (images failed); returns the status."""
     counts = dict(
         session.execute(
             select(RunImage.status, func.count()).where(RunImage.run_id == run_id).group_by(RunImage.status)
         ).all()
     )
-    unfinished = sum(n for status, n in counts.items() if status != "done")
+    unfinished = sum(n for status, n in counts.items() if status != ImageStatus.DONE)
     if stop_reason:
-        status = "stopped"
+        status = RunStatus.STOPPED
     elif unfinished:
-        status = "failed"
-        stop_reason = f"{counts.get('failed', 0)} images failed; re-run to retry them"
+        status = RunStatus.FAILED
+        stop_reason = f"{counts.get(ImageStatus.FAILED, 0)} images failed; re-run to retry them"
     else:
-        status = "completed"
+        status = RunStatus.COMPLETED
     session.execute(
         update(Run)
         .where(Run.id == run_id)

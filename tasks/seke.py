@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Task
+from models.vocab import Decision, Stage
 from tasks.prompts import (
     REWRITE_STAGE,
     SAMPLE_STAGE,
@@ -67,7 +68,7 @@ def sub_seed(*parts: object) -> int:
 class CallRequest:
     """One model call the procedure needs: the `index`-th call of `stage` for this image."""
 
-    stage: str
+    stage: Stage
     index: int
     prompt: RenderedPrompt
     answer_model: type[BaseModel]
@@ -86,7 +87,7 @@ class Answer:
 Call = Callable[[CallRequest], Awaitable[Answer]]
 
 #: A call by its place in the image's procedure, (stage, index): unique per (run, image) in the database.
-CallKey = tuple[str, int]
+CallKey = tuple[Stage, int]
 
 
 class ImageFailed(Exception):
@@ -124,7 +125,7 @@ class Caller:
         self.invalid: list[str] = []
         self.steps: list[Step] = []  # UAMC decisions so far, for an ImageFailed raised mid-way
 
-    async def valid_answer(self, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel]) -> tuple[dict[str, Any], CallKey]:
+    async def valid_answer(self, stage: Stage, prompt: RenderedPrompt, answer_model: type[BaseModel]) -> tuple[dict[str, Any], CallKey]:
         while True:
             index = self._next_index[stage]
             self._next_index[stage] = index + 1
@@ -165,7 +166,7 @@ async def sample_until_certain(
     while True:
         step = decide(len(caller.steps), missing, samples, uamc, rng)
         caller.steps.append(step)
-        if step.decision != "sample":
+        if step.decision != Decision.SAMPLE:
             return Sampling(tuple(samples), tuple(caller.steps), step.uncertainties)
         samples.append((await caller.valid_answer(SAMPLE_STAGE, prompt, answer_model))[0])
 

@@ -89,7 +89,7 @@ class VLLMConfig(BaseModel):
         )
 
     def stage_params(self, stage: str) -> tuple[float, int]:
-        """(temperature, max_tokens) configured for 'sample', 'summary' or 'rewrite'."""
+        """(temperature, max_tokens) configured for a stage ('prior-sample', 'summary' or 'rewrite')."""
         if stage == SAMPLE_STAGE:
             return self.sample_temperature, self.sample_max_tokens
         if stage == SUMMARY_STAGE:
