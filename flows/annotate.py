@@ -1,10 +1,13 @@
 """The annotate flow: SEKE over every FEID image of a run, sharded, resumable, budgeted.
 
-Shape (measured on 2 cores, see DESIGN.md "Scale facts"): the parent flow runs
-sub-flows of `shard_size` images one after another; each `.map`s its shard on
-a ThreadPoolTaskRunner and `.wait()`s before reading results. One flow holding
-every task's state grows by ~3-9 KB per task and the ephemeral API drops task
-runs past ~10k in one flow; shards keep memory flat and the UI's counts true.
+Shape (measured on 2 cores, see bench/README.md): the parent flow runs async
+sub-flows of `shard_size` images one after another, each on an event loop of
+its own; in a sub-flow `concurrency` workers claim images and run each as an
+async task run (`annotate-image`), so every image is its own task run in the
+UI while all calls share one event loop, one HTTP client and one database
+writer (tasks/annotate.py). One flow holding every task's state grows by
+~3-9 KB per task and the ephemeral API drops task runs past ~10k in one flow;
+shards keep memory flat and the UI's counts true.
 
 Retries: the VLLM client is the one retry layer (transient HTTP failures, with
 backoff and Retry-After). Prefect task retries stay at 0 so a failure is
@@ -16,31 +19,38 @@ Our PostgreSQL is the system of record: re-running a run resumes it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import asdict
+from functools import partial
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.runtime import task_run
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    aupdate_progress_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.concurrency.asyncio import concurrency as global_slot
 
 from sqlalchemy import func, select
 
 from models.orm import RunImage
 from core.config import get_settings
-from core.db import get_engine, session_factory
+from core.db import database_url, get_engine, session_factory
 from core.store import open_store
 from core.version import code_version
-from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome, spent
+from tasks.annotate import AnnotateConfig, AnnotateSession, Annotator, Budget, ImageOutcome, WriteBuffer, claim_from, drive, spent
 from tasks.runs import RunReport, close_run, open_run, run_lock, run_report, unfinished_images
-from tasks.vllm import VLLMClient, VLLMConfig
+from tasks.vllm import VLLMConfig
 
 
 class ProgressReporter:
-    """Updates the run's progress artifact at most every `interval_s`, from any thread."""
+    """Updates the run's progress artifact at most every `interval_s`."""
 
     def __init__(self, artifact_id, total: int, done: int, interval_s: float = 2.0) -> None:
         self.artifact_id = artifact_id
@@ -51,7 +61,7 @@ class ProgressReporter:
         self._last = 0.0
         self._lock = threading.Lock()
 
-    def image_finished(self, outcome: ImageOutcome, budget: Budget) -> None:
+    async def image_finished(self, outcome: ImageOutcome, budget: Budget) -> None:
         with self._lock:
             self.done += outcome.status == "done"
             self.failed += outcome.status == "failed"
@@ -59,17 +69,16 @@ class ProgressReporter:
             if now - self._last < self.interval_s:
                 return
             self._last = now
-        self.flush(budget)
+        await aupdate_progress_artifact(self.artifact_id, progress=self._percent(), description=self._description(budget))
 
     def flush(self, budget: Budget) -> None:
-        update_progress_artifact(
-            self.artifact_id,
-            progress=100.0 * self.done / self.total,
-            description=(
-                f"{self.done}/{self.total} images done, {self.failed} failed; "
-                f"{budget.calls} calls, ${budget.cost_usd:.4f}"
-            ),
-        )
+        update_progress_artifact(self.artifact_id, progress=self._percent(), description=self._description(budget))
+
+    def _percent(self) -> float:
+        return 100.0 * self.done / self.total
+
+    def _description(self, budget: Budget) -> str:
+        return f"{self.done}/{self.total} images done, {self.failed} failed; {budget.calls} calls, ${budget.cost_usd:.4f}"
 
 
 def _task_run_name() -> str:
@@ -77,34 +86,36 @@ def _task_run_name() -> str:
     return f"image-{ids[0]}" if len(ids) == 1 else f"images-{ids[0]}-to-{ids[-1]}"
 
 
-def _annotate_one(image_id: int, annotator: Annotator, progress: ProgressReporter, global_limit: str | None) -> ImageOutcome:
-    reason = annotator.budget.stop_reason()
+async def _annotate_one(
+    image_id: int, session: AnnotateSession, progress: ProgressReporter, global_limit: str | None
+) -> ImageOutcome:
+    reason = session.budget.stop_reason()
     if reason:
         return ImageOutcome(image_id, "skipped", reason=reason)
     if global_limit:
         # Coarse cross-process cap (one slot per image, not per call: each slot costs API round trips,
         # and Prefect's server-side limits were measured to admit well under their caps).
-        with concurrency(global_limit, occupy=1):
-            outcome = annotator.annotate(image_id)
+        async with global_slot(global_limit, occupy=1):
+            outcome = await session.annotate(image_id)
     else:
-        outcome = annotator.annotate(image_id)
+        outcome = await session.annotate(image_id)
     if outcome.status == "failed":
         get_run_logger().warning("image %s failed: %s", image_id, outcome.reason)
-    progress.image_finished(outcome, annotator.budget)
+    await progress.image_finished(outcome, session.budget)
     return outcome
 
 
 @task(name="annotate-image", task_run_name=_task_run_name, cache_policy=NO_CACHE, retries=0)
-def annotate_images(
-    image_ids: list[int], annotator: Annotator, progress: ProgressReporter, global_limit: str | None = None
+async def annotate_images(
+    image_ids: list[int], session: AnnotateSession, progress: ProgressReporter, global_limit: str | None = None
 ) -> list[ImageOutcome]:
     """One image per task run by default (the UI shows each image); several, one after another, to
-    spend Prefect's per-task cost (~30 ms of CPU, bench/README.md) on more than one image."""
-    return [_annotate_one(image_id, annotator, progress, global_limit) for image_id in image_ids]
+    spend Prefect's per-task cost on more than one image."""
+    return [await _annotate_one(image_id, session, progress, global_limit) for image_id in image_ids]
 
 
 @flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
-def annotate_shard(
+async def annotate_shard(
     run_name: str,
     shard: int,
     image_ids: list[int],
@@ -112,16 +123,14 @@ def annotate_shard(
     progress: ProgressReporter,
     global_limit: str | None = None,
     images_per_task: int = 1,
+    concurrency: int = 32,
 ) -> dict[str, int]:
-    batches = [image_ids[i : i + images_per_task] for i in range(0, len(image_ids), images_per_task)]
-    futures = annotate_images.map(
-        batches, annotator=unmapped(annotator), progress=unmapped(progress), global_limit=unmapped(global_limit)
-    )
-    futures.wait()
+    async with annotator.open() as session:
+        work = partial(annotate_images, session=session, progress=progress, global_limit=global_limit)
+        outcomes = await drive(claim_from(image_ids, images_per_task), work, concurrency)
     counts: dict[str, int] = {}
-    for future in futures:
-        for outcome in future.result():
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
     return counts
 
 
@@ -206,23 +215,23 @@ def annotate_flow(
             create_progress_artifact(0.0, description=f"run {run_name}: starting"), total, total - len(todo)
         )
         stop_reason = None
-        with VLLMClient(vllm_config) as client:
-            annotator = Annotator(
-                run_id=run_id,
-                run_name=run_name,
-                config=config,
-                sessions=sessions,
-                store=open_store(settings),
-                client=client,
-                budget=budget,
-            )
-            for shard, start in enumerate(range(0, len(todo), shard_size)):
-                stop_reason = budget.stop_reason()
-                if stop_reason:
-                    break
-                # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
-                runner = ThreadPoolTaskRunner(max_workers=concurrency or settings.concurrency)
-                annotate_shard.with_options(task_runner=runner)(
+        annotator = Annotator(
+            run_id=run_id,
+            run_name=run_name,
+            config=config,
+            database_url=database_url(settings),
+            store=open_store(settings),
+            vllm=vllm_config,
+            budget=budget,
+            buffer=WriteBuffer(settings.write_buffer_rows, settings.write_buffer_ms),
+        )
+        for shard, start in enumerate(range(0, len(todo), shard_size)):
+            stop_reason = budget.stop_reason()
+            if stop_reason:
+                break
+            # Each sub-flow runs on an event loop of its own; its client, pool and writer live and end there.
+            asyncio.run(
+                annotate_shard(
                     run_name,
                     shard,
                     todo[start : start + shard_size],
@@ -230,8 +239,10 @@ def annotate_flow(
                     progress,
                     settings.prefect_concurrency_limit,
                     images_per_task,
+                    concurrency or settings.concurrency,
                 )
-            stop_reason = stop_reason or budget.stop_reason()
+            )
+        stop_reason = stop_reason or budget.stop_reason()
         progress.flush(budget)
         with sessions.begin() as session:
             status = close_run(session, run_id, stop_reason=stop_reason)

@@ -1,39 +1,53 @@
-"""Annotating one image: prior-knowledge samples → UAMC → summary → rewrite (SEKE §3, Algorithm 1).
+"""The annotate engine: SEKE (tasks/seke.py) over many images at once on one event loop, every call persisted.
 
-Every call is persisted, with its prompt, in its own transaction as soon as it
-returns; every UAMC decision likewise. Resume is replay: the procedure runs
-from the start, and each call it would make is first looked up by
-(run, image, stage, index). A stored call is reused, a missing one is made.
-Because UAMC's p values come from a stream seeded per (run, image), the replay
-takes exactly the decisions the interrupted run took, so no completed call is
-paid for twice and none is duplicated.
+Per image: one round trip reads its stored state (image, human labels, the
+run's stored calls and UAMC steps); the image is read and encoded once; then
+`run_seke` runs with a `call` that replays a stored answer when the run has
+one (resume is replay: UAMC's p values come from a stream seeded per (run,
+image), so the replay asks for exactly the calls the interrupted run made)
+and otherwise asks the endpoint and hands the row to the run's writer.
+
+The writer (`RunWriter`) commits call rows, UAMC steps and final rows in
+batches: a batch is committed when it holds half of `rows` call rows, when
+its oldest row is `ms` milliseconds old, or at once when an image waits for
+its final rows; producers wait while `rows` call rows are uncommitted. So a SIGKILL costs at most the calls in flight plus `rows`
+calls, each paid again on resume (SEKE_WRITE_BUFFER_ROWS / _MS). An image is
+counted done only once its final rows are committed: `annotate` returns after
+the batch holding them commits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.orm import Session
 
-from models.labels import FaceLabels, fields_of, task_of
-from models.vocab import ImageStatus
-from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from core.store import ObjectStore, StoreError
+from models.labels import FaceLabels, fields_of, task_of
+from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
+from models.vocab import ImageStatus, Stage
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
 from tasks.prompts import RenderedPrompt
-from tasks.seke import AnnotateConfig, Answer, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
+from tasks.seke import AnnotateConfig, Answer, CallKey, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
 from tasks.uamc import Step, image_rng
-from tasks.vllm import CallResult, PermanentCallError, TransientCallError, VLLMClient
+from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig
+
+__all__ = ["AnnotateConfig", "Annotator", "Budget", "ImageOutcome", "WriteBuffer", "drive", "spent", "store_prompt"]
+
 
 class Budget:
-    """Calls and dollars spent by a run, shared by its threads; new images start only while under the caps."""
+    """Calls and dollars spent by a run, shared by its coroutines; new images start only while under the caps."""
 
     def __init__(self, calls: int, cost_usd: float, max_calls: int | None, max_cost_usd: float | None) -> None:
         self._lock = threading.Lock()
@@ -74,276 +88,24 @@ class ImageOutcome:
 
 
 @dataclass(frozen=True)
-class StoredCall:
-    """What the procedure needs of a persisted call (a plain object, safe across threads)."""
+class WriteBuffer:
+    """How long call rows may wait uncommitted: at most `rows` at once, at most `ms` milliseconds each."""
 
-    id: int
-    stage: str
-    sample_index: int
-    valid: bool
-    parsed: dict[str, Any] | None
-    error: str | None
+    rows: int = 256
+    ms: float = 100.0
 
 
 def store_prompt(session: Session, prompt: RenderedPrompt) -> None:
     """A rendered prompt, stored once under its sha256 (calls and benchmark runs refer to it)."""
-    session.execute(
-        insert(Prompt)
-        .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
-        .on_conflict_do_nothing(index_elements=["sha256"])
-    )
+    session.execute(_prompt_insert(), [_prompt_row(prompt)])
 
 
-@dataclass
-class _ImageState:
-    """Stored calls of one image in one run, consumed in order by the replay."""
-
-    calls: dict[tuple[str, int], StoredCall]
-    steps: set[int]
-    marked_sampling: bool = False
+def _prompt_insert():  # noqa: ANN202 (a SQLAlchemy Insert)
+    return insert(Prompt).on_conflict_do_nothing(index_elements=["sha256"])
 
 
-class _Replay:
-    """The `call` of one image's procedure: the stored answer when the run has it, else a new, persisted call."""
-
-    def __init__(self, annotator: Annotator, image_id: int, data: bytes, state: _ImageState) -> None:
-        self._annotator = annotator
-        self._image_id = image_id
-        self._data = data
-        self._state = state
-        self.new_calls = 0
-
-    async def call(self, request: CallRequest) -> Answer:
-        annotator = self._annotator
-        stored = self._state.calls.get((request.stage, request.index))
-        if stored is None:
-            temperature, max_tokens = annotator.client.config.stage_params(request.stage)
-            try:
-                result = annotator.client.complete(
-                    request.stage,
-                    request.prompt,
-                    image=self._data,
-                    answer_model=request.answer_model,
-                    temperature=temperature,
-                    seed=request.seed,
-                    max_tokens=max_tokens,
-                )
-            except TransientCallError as exc:
-                raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
-            except PermanentCallError as exc:
-                annotator.budget.abort(f"endpoint refused a request: {exc}")
-                raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
-            annotator.budget.add(result)
-            stored = annotator._persist_call(self._image_id, request.stage, request.index, request.prompt, result, self._state)
-            self.new_calls += 1
-        return Answer(stored.valid, stored.parsed, stored.error)
-
-
-class Annotator:
-    """Runs the per-image procedure for one run. Thread-safe: each image uses its own sessions."""
-
-    def __init__(
-        self,
-        *,
-        run_id: int,
-        run_name: str,
-        config: AnnotateConfig,
-        sessions: sessionmaker[Session],
-        store: ObjectStore,
-        client: VLLMClient,
-        budget: Budget,
-    ) -> None:
-        self.run_id = run_id
-        self.run_name = run_name
-        self.config = config
-        self.sessions = sessions
-        self.store = store
-        self.client = client
-        self.budget = budget
-        self._known_prompts: set[str] = set()
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def _load(self, image_id: int) -> tuple[Image, FaceLabels, dict[str, int], _ImageState]:
-        with self.sessions() as session:
-            image = session.get(Image, image_id)
-            if image is None:
-                raise ImageFailed(f"image {image_id} is not in the database")
-            labels = session.scalars(select(HumanLabel).where(HumanLabel.image_id == image_id)).all()
-            calls = session.execute(
-                select(
-                    VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.parsed, VLLMCall.error
-                ).where(VLLMCall.run_id == self.run_id, VLLMCall.image_id == image_id)
-            ).all()
-            steps = session.scalars(
-                select(UAMCStep.step).where(UAMCStep.run_id == self.run_id, UAMCStep.image_id == image_id)
-            ).all()
-        masked = {f for task in self.config.tasks_to_mask for f in fields_of(task)}
-        kept = [label for label in labels if label.field not in masked]
-        known = FaceLabels.from_field_values({label.field: label.value for label in kept})
-        state = _ImageState(
-            calls={(c.stage, c.sample_index): StoredCall(*c) for c in calls}, steps=set(steps), marked_sampling=bool(calls)
-        )
-        return image, known, {label.field: label.id for label in kept}, state
-
-    def _persist_call(
-        self, image_id: int, stage: str, index: int, prompt: RenderedPrompt, result: CallResult, state: _ImageState
-    ) -> StoredCall:
-        """The call (and its prompt, the first time this process sees it) in one transaction (style guide §7).
-
-        Core inserts, not ORM objects: this runs for every call and was a measured
-        share of the flow's client CPU (bench/README.md).
-        """
-        with self.sessions.begin() as session:
-            if prompt.sha256 not in self._known_prompts:
-                store_prompt(session, prompt)
-            call_id = session.execute(
-                insert(VLLMCall)
-                .values(
-                    run_id=self.run_id,
-                    image_id=image_id,
-                    stage=stage,
-                    sample_index=index,
-                    prompt_sha256=prompt.sha256,
-                    request_params=result.request_params,
-                    raw_text=result.raw_text,
-                    parsed=result.parsed,
-                    valid=result.valid,
-                    error=result.error,
-                    tokens_in=result.tokens_in,
-                    tokens_out=result.tokens_out,
-                    cost_usd=Decimal(str(round(result.cost_usd, 6))),
-                    latency_s=result.latency_s,
-                    attempts=result.attempts,
-                    started_at=result.started_at,
-                    finished_at=result.finished_at,
-                )
-                .returning(VLLMCall.id)
-            ).scalar_one()
-            if not state.marked_sampling:
-                session.execute(
-                    update(RunImage)
-                    .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id, RunImage.status == ImageStatus.PENDING)
-                    .values(status=ImageStatus.SAMPLING)
-                )
-        self._known_prompts.add(prompt.sha256)  # set.add is atomic under the GIL; a race only repeats an upsert
-        state.marked_sampling = True
-        stored = StoredCall(call_id, stage, index, result.valid, result.parsed, result.error)
-        state.calls[(stage, index)] = stored
-        return stored
-
-    def _persist_step(self, image_id: int, step: Step, state: _ImageState | None = None) -> None:
-        if state is not None and step.step in state.steps:
-            return
-        with self.sessions.begin() as session:
-            session.execute(
-                insert(UAMCStep)
-                .values(
-                    run_id=self.run_id,
-                    image_id=image_id,
-                    step=step.step,
-                    valid_samples=step.valid_samples,
-                    uncertainties={t.value: round(u, 6) for t, u in step.uncertainties.items()},
-                    u_max=step.u_max,
-                    p_acc=step.p_acc,
-                    p=step.p,
-                    decision=step.decision,
-                )
-                .on_conflict_do_nothing(index_elements=["run_id", "image_id", "step"])
-            )
-        if state is not None:
-            state.steps.add(step.step)
-
-    # -- the procedure ---------------------------------------------------------------------
-
-    def annotate(self, image_id: int) -> ImageOutcome:
-        """Annotate one image end to end; never raises for a problem of this image."""
-        try:
-            return asyncio.run(self._annotate(image_id))
-        except ImageFailed as exc:
-            for step in exc.steps:
-                self._persist_step(image_id, step)
-            self._mark(image_id, ImageStatus.FAILED, str(exc))
-            return ImageOutcome(image_id, "failed", reason=str(exc))
-
-    async def _annotate(self, image_id: int) -> ImageOutcome:
-        image, known, human_ids, state = self._load(image_id)
-        try:
-            data = self.store.get_bytes(image.object_key)
-            validate_image(data, name=image.object_key)
-        except (StoreError, InvalidImage) as exc:  # a missing or broken object fails this image alone
-            raise ImageFailed(f"cannot read image {image.object_key}: {exc}") from exc
-        replay = _Replay(self, image.id, data, state)
-        result = await run_seke(
-            SekeImage(image.sha256, sub_seed(self.config.seed, self.run_name, image.sha256, "question")),
-            known,
-            self.config,
-            replay.call,
-            image_rng(self.config.seed, self.run_name, image.sha256),
-        )
-        for step in result.sampling.steps:
-            self._persist_step(image.id, step, state)
-        self._finish(image.id, result, human_ids, state)
-        return ImageOutcome(image.id, "done", samples_used=len(result.sampling.samples), new_calls=replay.new_calls)
-
-    def _finish(self, image_id: int, result: SekeResult, human_ids: dict[str, int], state: _ImageState) -> None:
-        """Final annotations, the instruction and the image's status: one transaction, so all or nothing."""
-        samples_used = len(result.sampling.samples)
-        uncertainty = result.sampling.uncertainty
-        summary_call_id = state.calls[result.summary.call].id
-        rewrite_call_id = state.calls[result.rewrite.call].id if result.rewrite.call else None
-        final = result.summary.final
-        with self.sessions.begin() as session:
-            rows = [
-                {
-                    "run_id": self.run_id,
-                    "image_id": image_id,
-                    "field": name,
-                    "provenance": "human" if name in human_ids else "generated",
-                    "human_label_id": human_ids.get(name),
-                    "summary_call_id": None if name in human_ids else summary_call_id,
-                    "uncertainty": None if name in human_ids else uncertainty.get(task_of(name)),
-                    "samples_used": None if name in human_ids else samples_used,
-                    **label_columns(value),
-                }
-                for name, value in final.field_values().items()
-            ]
-            # One executemany of a statement compiled once (SQLAlchemy batches it into a multi-row INSERT):
-            # 20 single-row ORM inserts per image were a measured hot spot.
-            session.execute(
-                insert(Annotation).on_conflict_do_nothing(index_elements=["run_id", "image_id", "field"]), rows
-            )
-            session.execute(
-                insert(Instruction)
-                .values(
-                    run_id=self.run_id,
-                    image_id=image_id,
-                    template_id=result.rewrite.template_id,
-                    question=result.rewrite.question,
-                    answer=result.rewrite.answer,
-                    description=result.summary.description,
-                    rewrite_call_id=rewrite_call_id,
-                )
-                .on_conflict_do_nothing(index_elements=["run_id", "image_id"])
-            )
-            session.execute(
-                update(RunImage)
-                .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id)
-                .values(
-                    status=ImageStatus.DONE,
-                    samples_used=samples_used,
-                    failure_reason=None,
-                    consistency_flags=consistency_flags(final),
-                )
-            )
-
-    def _mark(self, image_id: int, status: str, reason: str) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(RunImage)
-                .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id)
-                .values(status=status, failure_reason=reason)
-            )
+def _prompt_row(prompt: RenderedPrompt) -> dict[str, str]:
+    return {"sha256": prompt.sha256, "name": prompt.name, "version": prompt.version, "text": prompt.text}
 
 
 def spent(session: Session, run_id: int) -> tuple[int, float]:
@@ -352,3 +114,498 @@ def spent(session: Session, run_id: int) -> tuple[int, float]:
         select(func.count(VLLMCall.id), func.coalesce(func.sum(VLLMCall.cost_usd), 0)).where(VLLMCall.run_id == run_id)
     ).one()
     return int(calls), float(cost)
+
+
+# --- an image's stored state: one round trip ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredCall:
+    valid: bool
+    parsed: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass
+class ImageState:
+    """What the run has stored for one image; `call_ids` grows as the writer commits new calls."""
+
+    image_id: int
+    sha256: str
+    object_key: str
+    known: FaceLabels
+    human_ids: dict[str, int]
+    calls: dict[CallKey, StoredCall]
+    call_ids: dict[CallKey, int]
+    steps: set[int]
+    new_calls: int = 0
+
+
+def _state_query():  # noqa: ANN202 (a SQLAlchemy Select)
+    """Image, human labels, stored calls and stored steps of one image in one run, as one row."""
+    image_id, run_id = bindparam("image_id", type_=Integer), bindparam("run_id", type_=Integer)
+    labels = (
+        select(func.json_agg(func.json_build_array(HumanLabel.id, HumanLabel.field, HumanLabel.value_text,
+                                                   HumanLabel.value_number, HumanLabel.value_bool)))
+        .where(HumanLabel.image_id == image_id)
+        .scalar_subquery()
+    )
+    calls = (
+        select(func.json_agg(func.json_build_array(VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid,
+                                                   VLLMCall.parsed, VLLMCall.error)))
+        .where(VLLMCall.run_id == run_id, VLLMCall.image_id == image_id)
+        .scalar_subquery()
+    )
+    steps = (
+        select(func.array_agg(UAMCStep.step))
+        .where(UAMCStep.run_id == run_id, UAMCStep.image_id == image_id)
+        .scalar_subquery()
+    )
+    return select(Image.sha256, Image.object_key, labels, calls, steps).where(Image.id == image_id)
+
+
+_STATE_QUERY = _state_query()
+
+
+def _image_state(image_id: int, row: Any, config: AnnotateConfig) -> ImageState:
+    sha256, object_key, labels, calls, steps = row
+    masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
+    kept = [(label_id, name, next(v for v in values if v is not None))
+            for label_id, name, *values in labels or () if name not in masked]
+    stored = {(Stage(stage), index): (call_id, StoredCall(valid, parsed, error))
+              for call_id, stage, index, valid, parsed, error in calls or ()}
+    return ImageState(
+        image_id=image_id,
+        sha256=sha256,
+        object_key=object_key,
+        known=FaceLabels.from_field_values({name: value for _, name, value in kept}),
+        human_ids={name: label_id for label_id, name, _ in kept},
+        calls={key: call for key, (_, call) in stored.items()},
+        call_ids={key: call_id for key, (call_id, _) in stored.items()},
+        steps=set(steps or ()),
+    )
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    prompts: dict[str, dict[str, str]] = field(default_factory=dict)
+    calls: list[tuple[ImageState, CallKey, dict[str, Any]]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    sampling: set[int] = field(default_factory=set)
+    finals: list[tuple[ImageState, SekeResult]] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    committed: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.calls or self.steps or self.finals or self.failures)
+
+
+class RunWriter:
+    """Batches one run's rows into few transactions (see the module docstring for the bounds)."""
+
+    def __init__(self, engine: AsyncEngine, run_id: int, buffer: WriteBuffer) -> None:
+        self._engine = engine
+        self._run_id = run_id
+        self._buffer = buffer
+        self._batch = _Batch()
+        self._uncommitted = 0  # call rows added and not yet committed (pending + flushing)
+        self._known_prompts: set[str] = set()
+        self._pending = asyncio.Event()  # set when rows were added (or on close)
+        self._due = asyncio.Event()  # set when the batch should be committed now
+        self._space = asyncio.Condition()
+        self._oldest: float | None = None
+        self._failure: BaseException | None = None
+        self._closing = False
+        self._task = asyncio.create_task(self._loop(), name=f"run-{run_id}-writer")
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"the run's database writer failed: {self._failure}") from self._failure
+
+    async def add_call(self, state: ImageState, key: CallKey, prompt: RenderedPrompt, result: CallResult) -> None:
+        """Queue a call row; waits while `rows` call rows are uncommitted."""
+        self._check()
+        if self._uncommitted >= self._buffer.rows:
+            async with self._space:
+                await self._space.wait_for(lambda: self._uncommitted < self._buffer.rows or self._failure is not None)
+            self._check()
+        batch = self._batch
+        if prompt.sha256 not in self._known_prompts:
+            batch.prompts[prompt.sha256] = _prompt_row(prompt)
+        if not state.call_ids and not state.calls:
+            batch.sampling.add(state.image_id)
+        stage, index = key
+        batch.calls.append((state, key, {
+            "run_id": self._run_id,
+            "image_id": state.image_id,
+            "stage": stage,
+            "sample_index": index,
+            "prompt_sha256": prompt.sha256,
+            "request_params": result.request_params,
+            "raw_text": result.raw_text,
+            "parsed": result.parsed,
+            "valid": result.valid,
+            "error": result.error,
+            "tokens_in": result.tokens_in,
+            "tokens_out": result.tokens_out,
+            "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+            "latency_s": result.latency_s,
+            "attempts": result.attempts,
+            "started_at": result.started_at,
+            "finished_at": result.finished_at,
+        }))
+        self._uncommitted += 1
+        self._added(len(batch.calls) * 2 >= self._buffer.rows)
+
+    def add_steps(self, state: ImageState, steps: tuple[Step, ...]) -> None:
+        self._check()
+        for step in steps:
+            if step.step in state.steps:
+                continue
+            state.steps.add(step.step)
+            self._batch.steps.append({
+                "run_id": self._run_id,
+                "image_id": state.image_id,
+                "step": step.step,
+                "valid_samples": step.valid_samples,
+                "uncertainties": {t.value: round(u, 6) for t, u in step.uncertainties.items()},
+                "u_max": step.u_max,
+                "p_acc": step.p_acc,
+                "p": step.p,
+                "decision": step.decision,
+            })
+        self._added(False)
+
+    async def finish(self, state: ImageState, result: SekeResult) -> None:
+        """Queue the image's final rows and wait until they are committed."""
+        self._check()
+        self.add_steps(state, result.sampling.steps)
+        self._batch.finals.append((state, result))
+        await self._committed()
+
+    async def fail(self, state_or_id: ImageState | int, reason: str, steps: tuple[Step, ...]) -> None:
+        """Queue the image's failure (and the decisions taken before it) and wait until committed."""
+        self._check()
+        if isinstance(state_or_id, ImageState):
+            self.add_steps(state_or_id, steps)
+            image_id = state_or_id.image_id
+        else:
+            image_id = state_or_id
+        self._batch.failures.append((image_id, reason))
+        await self._committed()
+
+    async def _committed(self) -> None:
+        # An image waits for its own commit: flush now (rows queued meanwhile join the next batch).
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.committed.append(future)
+        self._added(True)
+        await future
+
+    def _added(self, full: bool) -> None:
+        if self._oldest is None:
+            self._oldest = asyncio.get_running_loop().time()
+        self._pending.set()
+        if full:
+            self._due.set()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not (self._closing and self._oldest is None):
+                await self._pending.wait()
+                self._pending.clear()
+                if self._oldest is None:
+                    continue
+                delay = self._oldest + self._buffer.ms / 1000 - loop.time()
+                if delay > 0 and not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._due.wait(), delay)
+                await self._flush()
+        except BaseException as exc:  # every waiter must hear of it, then the error ends the writer
+            self._failure = exc
+            for future in self._batch.committed:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the run's database writer failed: {exc}"))
+            async with self._space:
+                self._space.notify_all()
+            raise
+
+    async def _flush(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        self._oldest = None
+        self._due.clear()
+        if batch.prompts or batch:
+            try:
+                async with self._engine.begin() as connection:
+                    await self._write(connection, batch)
+            except BaseException as exc:
+                for future in batch.committed:
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"the run's database writer failed: {exc}"))
+                raise
+        self._known_prompts.update(batch.prompts)
+        self._uncommitted -= len(batch.calls)
+        async with self._space:
+            self._space.notify_all()
+        for future in batch.committed:
+            if not future.done():
+                future.set_result(None)
+        if self._oldest is not None:  # rows added while this batch was being written
+            self._pending.set()
+
+    async def _write(self, connection: AsyncConnection, batch: _Batch) -> None:
+        if batch.prompts:
+            await connection.execute(_prompt_insert(), list(batch.prompts.values()))
+        if batch.calls:
+            ids = await connection.execute(
+                insert(VLLMCall).returning(VLLMCall.id, sort_by_parameter_order=True), [row for _, _, row in batch.calls]
+            )
+            for (state, key, _), call_id in zip(batch.calls, ids.scalars(), strict=True):
+                state.call_ids[key] = call_id
+        if batch.steps:
+            await connection.execute(
+                insert(UAMCStep).on_conflict_do_nothing(index_elements=["run_id", "image_id", "step"]), batch.steps
+            )
+        if batch.sampling:
+            await connection.execute(
+                update(RunImage)
+                .where(RunImage.run_id == self._run_id, RunImage.image_id.in_(sorted(batch.sampling)),
+                       RunImage.status == ImageStatus.PENDING)
+                .values(status=ImageStatus.SAMPLING)
+            )
+        if batch.finals:
+            await self._write_finals(connection, batch.finals)
+        for image_id, reason in batch.failures:
+            await connection.execute(
+                update(RunImage)
+                .where(RunImage.run_id == self._run_id, RunImage.image_id == image_id)
+                .values(status=ImageStatus.FAILED, failure_reason=reason)
+            )
+
+    async def _write_finals(self, connection: AsyncConnection, finals: list[tuple[ImageState, SekeResult]]) -> None:
+        """Final annotations, instructions and statuses of finished images: in the batch's transaction, so an
+        image is done exactly when its rows exist."""
+        annotations, instructions, statuses = [], [], []
+        for state, result in finals:
+            final = result.summary.final
+            summary_call_id = state.call_ids[result.summary.call]
+            samples_used = len(result.sampling.samples)
+            for name, value in final.field_values().items():
+                human = name in state.human_ids
+                annotations.append({
+                    "run_id": self._run_id,
+                    "image_id": state.image_id,
+                    "field": name,
+                    "provenance": "human" if human else "generated",
+                    "human_label_id": state.human_ids.get(name),
+                    "summary_call_id": None if human else summary_call_id,
+                    "uncertainty": None if human else result.sampling.uncertainty.get(task_of(name)),
+                    "samples_used": None if human else samples_used,
+                    **label_columns(value),
+                })
+            rewrite = result.rewrite
+            instructions.append({
+                "run_id": self._run_id,
+                "image_id": state.image_id,
+                "template_id": rewrite.template_id,
+                "question": rewrite.question,
+                "answer": rewrite.answer,
+                "description": result.summary.description,
+                "rewrite_call_id": state.call_ids[rewrite.call] if rewrite.call else None,
+            })
+            statuses.append({
+                "b_image_id": state.image_id,
+                "b_samples_used": samples_used,
+                "b_flags": consistency_flags(final),
+            })
+        await connection.execute(
+            insert(Annotation).on_conflict_do_nothing(index_elements=["run_id", "image_id", "field"]), annotations
+        )
+        await connection.execute(
+            insert(Instruction).on_conflict_do_nothing(index_elements=["run_id", "image_id"]), instructions
+        )
+        await connection.execute(_DONE.where(RunImage.run_id == self._run_id), statuses)
+
+    async def close(self) -> None:
+        """Commit what is left and stop; raises if the writer failed."""
+        self._closing = True
+        self._due.set()
+        self._pending.set()
+        try:
+            await self._task
+        finally:
+            self._check()
+
+
+_DONE = (
+    update(RunImage)
+    .where(RunImage.image_id == bindparam("b_image_id"))
+    .values(status=ImageStatus.DONE, samples_used=bindparam("b_samples_used"), failure_reason=None,
+            consistency_flags=bindparam("b_flags"))
+)
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+class Annotator:
+    """One run's engine settings: not bound to an event loop. `open()` starts the loop-bound parts."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        run_name: str,
+        config: AnnotateConfig,
+        database_url: str,
+        store: ObjectStore,
+        vllm: VLLMConfig,
+        budget: Budget,
+        buffer: WriteBuffer = WriteBuffer(),
+        concurrency: int = 32,
+    ) -> None:
+        self.run_id = run_id
+        self.run_name = run_name
+        self.config = config
+        self.database_url = database_url
+        self.store = store
+        self.vllm = vllm
+        self.budget = budget
+        self.buffer = buffer
+        self.concurrency = concurrency
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[AnnotateSession]:
+        """Endpoint client, database pool and writer on the running event loop; everything committed on exit."""
+        engine = create_async_engine(self.database_url, pool_size=4, max_overflow=4)
+        try:
+            async with AsyncVLLMClient(self.vllm) as client:
+                writer = RunWriter(engine, self.run_id, self.buffer)
+                # Reads are single statements: autocommit spares a ROLLBACK round trip per image.
+                reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+                session = AnnotateSession(self, reads, client, writer)
+                try:
+                    yield session
+                finally:
+                    await writer.close()
+        finally:
+            await engine.dispose()
+
+
+class AnnotateSession:
+    """The open engine of one run on one event loop: `annotate(image_id)` for as many images at once as wanted."""
+
+    def __init__(self, annotator: Annotator, reads: AsyncEngine, client: AsyncVLLMClient, writer: RunWriter) -> None:
+        self._annotator = annotator
+        self._reads = reads
+        self._client = client
+        self._writer = writer
+        self.budget = annotator.budget
+
+    async def annotate(self, image_id: int) -> ImageOutcome:
+        """Annotate one image end to end, committed; never raises for a problem of this image."""
+        annotator = self._annotator
+        state: ImageState | int = image_id
+        try:
+            state = await self._load(image_id)
+            image = await asyncio.to_thread(self._encoded_image, state.object_key)
+            replay = _Replay(self, state, image)
+            result = await run_seke(
+                SekeImage(state.sha256, sub_seed(annotator.config.seed, annotator.run_name, state.sha256, "question")),
+                state.known,
+                annotator.config,
+                replay.call,
+                image_rng(annotator.config.seed, annotator.run_name, state.sha256),
+            )
+        except ImageFailed as exc:
+            await self._writer.fail(state, str(exc), exc.steps)
+            new_calls = state.new_calls if isinstance(state, ImageState) else 0
+            return ImageOutcome(image_id, "failed", reason=str(exc), new_calls=new_calls)
+        await self._writer.finish(state, result)
+        return ImageOutcome(image_id, "done", samples_used=len(result.sampling.samples), new_calls=state.new_calls)
+
+    async def _load(self, image_id: int) -> ImageState:
+        async with self._reads.connect() as connection:
+            row = (await connection.execute(_STATE_QUERY, {"image_id": image_id, "run_id": self._annotator.run_id})).first()
+        if row is None:
+            raise ImageFailed(f"image {image_id} is not in the database")
+        return _image_state(image_id, row, self._annotator.config)
+
+    def _encoded_image(self, object_key: str) -> EncodedImage:
+        """The image as sent, read and encoded once (in a worker thread: an S3 read must not stall the loop)."""
+        try:
+            data = self._annotator.store.get_bytes(object_key)
+            validate_image(data, name=object_key)
+            return EncodedImage.of(data, self._client.config.image_max_side)
+        except (StoreError, InvalidImage, ValueError) as exc:  # a missing or broken object fails this image alone
+            raise ImageFailed(f"cannot read image {object_key}: {exc}") from exc
+
+
+class _Replay:
+    """The `call` of one image's procedure: the stored answer when the run has it, else a new call, queued for writing."""
+
+    def __init__(self, session: AnnotateSession, state: ImageState, image: EncodedImage) -> None:
+        self._session = session
+        self._state = state
+        self._image = image
+
+    async def call(self, request: CallRequest) -> Answer:
+        key = (request.stage, request.index)
+        stored = self._state.calls.get(key)
+        if stored is not None:
+            return Answer(stored.valid, stored.parsed, stored.error)
+        session = self._session
+        client = session._client
+        temperature, max_tokens = client.config.stage_params(request.stage)
+        try:
+            result = await client.complete(
+                request.stage,
+                request.prompt,
+                image=self._image,
+                answer_model=request.answer_model,
+                temperature=temperature,
+                seed=request.seed,
+                max_tokens=max_tokens,
+            )
+        except TransientCallError as exc:
+            raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
+        except PermanentCallError as exc:
+            session.budget.abort(f"endpoint refused a request: {exc}")
+            raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
+        session.budget.add(result)
+        self._state.new_calls += 1
+        await session._writer.add_call(self._state, key, request.prompt, result)
+        self._state.calls[key] = StoredCall(result.valid, result.parsed, result.error)
+        return Answer(result.valid, result.parsed, result.error)
+
+
+# --- driving many images --------------------------------------------------------------------------
+
+#: Where the images to annotate come from: each call returns the next batch of image ids, or None when
+#: there are no more. The only place that decides which image is worked on next.
+Claim = Callable[[], Awaitable[list[int] | None]]
+
+
+def claim_from(image_ids: list[int], per_claim: int = 1) -> Claim:
+    """A Claim over a fixed list, `per_claim` ids at a time."""
+    batches = iter([image_ids[i : i + per_claim] for i in range(0, len(image_ids), per_claim)])
+
+    async def claim() -> list[int] | None:
+        return next(batches, None)
+
+    return claim
+
+
+async def drive(claim: Claim, work: Callable[[list[int]], Awaitable[list[ImageOutcome]]], concurrency: int) -> list[ImageOutcome]:
+    """`concurrency` workers, each claiming a batch and awaiting `work` on it until `claim` runs dry."""
+    outcomes: list[ImageOutcome] = []
+
+    async def worker() -> None:
+        while (batch := await claim()) is not None:
+            outcomes.extend(await work(batch))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
