@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletion
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -343,7 +344,9 @@ class EncodedImage:
 
 @dataclass(frozen=True)
 class _Request:
-    params: dict[str, Any]  # keyword arguments of chat.completions.create
+    # The request body, sent as built: `client.post` skips the SDK's recursive transform of the params
+    # against its TypedDicts (measured ~1 ms a call with a data-URL image and a JSON schema).
+    params: dict[str, Any]
     record: dict[str, Any]  # CallResult.request_params
     estimate: int  # tokens the limiter reserves: prompt + image + max output
 
@@ -523,7 +526,7 @@ class VLLMClient(_ClientBase):
                 self._limiter.acquire(request.estimate)
             sent = time.monotonic()
             try:
-                completion = self._client.chat.completions.create(**request.params)
+                completion = self._client.post("/chat/completions", body=request.params, cast_to=ChatCompletion)
             except (openai.APIStatusError, openai.APIConnectionError) as exc:
                 self._sleep(self._failed_attempt(exc, request.estimate, attempt))
                 continue
@@ -568,7 +571,7 @@ class AsyncVLLMClient(_ClientBase):
                 await self._limiter.acquire_async(request.estimate)
             sent = time.monotonic()
             try:
-                completion = await self._client.chat.completions.create(**request.params)
+                completion = await self._client.post("/chat/completions", body=request.params, cast_to=ChatCompletion)
             except (openai.APIStatusError, openai.APIConnectionError) as exc:
                 await asyncio.sleep(self._failed_attempt(exc, request.estimate, attempt))
                 continue
