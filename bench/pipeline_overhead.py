@@ -71,14 +71,14 @@ def profile_engine(settings, base_url: str, model: str, config, images: int, con
 
 def batched_db_writes(settings, count: int) -> tuple[float, float, CpuMeter]:
     """(wall ms, client CPU ms) per call row written through the run writer, as the engine writes them."""
+    import psycopg
     from sqlalchemy import select
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     from core.db import database_url, session_factory
     from models.labels import FaceLabels
     from models.orm import Image
     from models.vocab import Stage
-    from tasks.annotate import AnnotateConfig, ImageState, RunWriter, WriteBuffer
+    from tasks.annotate import AnnotateConfig, ImageState, RunWriter, WriteBuffer, conninfo
     from tasks.prompts import RenderedPrompt
     from tasks.runs import open_run
     from tasks.vllm import CallResult
@@ -101,13 +101,12 @@ def batched_db_writes(settings, count: int) -> tuple[float, float, CpuMeter]:
     state = ImageState(image_id, sha256, key, FaceLabels(), {}, {}, {}, set())
 
     async def write() -> None:
-        engine = create_async_engine(database_url(settings))
-        writer = RunWriter(engine, run_id, WriteBuffer(settings.write_buffer_rows, settings.write_buffer_ms))
-        for index in range(count):
-            prompt = RenderedPrompt(name="seke-prior", version="1", text=f"{text}{index}", sha256=f"{index:064d}")
-            await writer.add_call(state, (Stage.SAMPLE, index), prompt, result)
-        await writer.close()
-        await engine.dispose()
+        async with await psycopg.AsyncConnection.connect(conninfo(database_url(settings))) as connection:
+            writer = RunWriter(connection, run_id, WriteBuffer(settings.write_buffer_rows, settings.write_buffer_ms))
+            for index in range(count):
+                prompt = RenderedPrompt(name="seke-prior", version="1", text=f"{text}{index}", sha256=f"{index:064d}")
+                await writer.add_call(state, (Stage.SAMPLE, index), prompt, result)
+            await writer.close()
 
     with CpuMeter(None, database_url(settings)) as cpu:
         wall, process_cpu = time.perf_counter(), time.process_time()
