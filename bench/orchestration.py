@@ -121,7 +121,9 @@ async def bare_loop(base_url: str, model: str, plans: list[ImagePlan], concurren
     started = time.perf_counter()
     calls = 0
     semaphore = asyncio.Semaphore(concurrency)
-    async with AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=120) as client:
+    # The SDK's default retries (2), as a user's loop would have: at high concurrency a loopback server
+    # occasionally drops an idle keep-alive connection just as it is reused.
+    async with AsyncOpenAI(base_url=base_url, api_key="not-needed", timeout=120) as client:
 
         async def one_image(plan: ImagePlan) -> None:
             nonlocal calls

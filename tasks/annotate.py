@@ -499,7 +499,6 @@ class Annotator:
         vllm: VLLMConfig,
         budget: Budget,
         buffer: WriteBuffer = WriteBuffer(),
-        concurrency: int = 32,
     ) -> None:
         self.run_id = run_id
         self.run_name = run_name
@@ -509,7 +508,6 @@ class Annotator:
         self.vllm = vllm
         self.budget = budget
         self.buffer = buffer
-        self.concurrency = concurrency
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[AnnotateSession]:
@@ -550,7 +548,7 @@ class AnnotateSession:
         try:
             state = await self._load(image_id)
             image = await asyncio.to_thread(self._encoded_image, state.object_key)
-            replay = _Replay(self, state, image)
+            replay = _Replay(state, image, self._client, self._writer, self.budget)
             result = await run_seke(
                 SekeImage(state.sha256, sub_seed(annotator.config.seed, annotator.run_name, state.sha256, "question")),
                 state.known,
@@ -585,21 +583,23 @@ class AnnotateSession:
 class _Replay:
     """The `call` of one image's procedure: the stored answer when the run has it, else a new call, queued for writing."""
 
-    def __init__(self, session: AnnotateSession, state: ImageState, image: EncodedImage) -> None:
-        self._session = session
+    def __init__(
+        self, state: ImageState, image: EncodedImage, client: AsyncVLLMClient, writer: RunWriter, budget: Budget
+    ) -> None:
         self._state = state
         self._image = image
+        self._client = client
+        self._writer = writer
+        self._budget = budget
 
     async def call(self, request: CallRequest) -> Answer:
         key = (request.stage, request.index)
         stored = self._state.calls.get(key)
         if stored is not None:
             return Answer(stored.valid, stored.parsed, stored.error)
-        session = self._session
-        client = session._client
-        temperature, max_tokens = client.config.stage_params(request.stage)
+        temperature, max_tokens = self._client.config.stage_params(request.stage)
         try:
-            result = await client.complete(
+            result = await self._client.complete(
                 request.stage,
                 request.prompt,
                 image=self._image,
@@ -611,11 +611,11 @@ class _Replay:
         except TransientCallError as exc:
             raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
         except PermanentCallError as exc:
-            session.budget.abort(f"endpoint refused a request: {exc}")
+            self._budget.abort(f"endpoint refused a request: {exc}")
             raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
-        session.budget.add(result)
+        self._budget.add(result)
         self._state.new_calls += 1
-        await session._writer.add_call(self._state, key, request.prompt, result)
+        await self._writer.add_call(self._state, key, request.prompt, result)
         self._state.calls[key] = StoredCall(result.valid, result.parsed, result.error)
         return Answer(result.valid, result.parsed, result.error)
 
