@@ -9,7 +9,7 @@
   loopback port, so it does not share the benchmark's GIL. It is a rehearsal
   endpoint, NOT a model: its quality numbers are simulated (SIMULATOR_NOTE).
 - Prefect: `prefect_test_harness` (a temporary SQLite API server in a
-  subprocess), with the task-run recorder batch size DESIGN.md measured.
+  subprocess), with a task-run recorder batch size large enough to keep every task run.
 
 Nothing here runs at import time; every script calls these from main().
 """
@@ -59,7 +59,7 @@ KNOWN_PATTERNS: tuple[tuple[str, ...], ...] = (
     (),
 )
 
-#: DESIGN.md "Scale facts": without this the ephemeral API drops task runs at scale.
+#: Measured: without this the ephemeral API drops task runs at scale (bench/README.md, flow_memory).
 RECORDER_BATCH_SIZE = "500"
 
 
@@ -212,7 +212,7 @@ def simulator_process(latency_ms: float = 0.0) -> Iterator[SimulatorProcess]:
 
 @contextmanager
 def prefect_api() -> Iterator[None]:
-    """A temporary Prefect API server with the recorder batch size of DESIGN.md."""
+    """A temporary Prefect API server with the task-run recorder batch size of RECORDER_BATCH_SIZE."""
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", RECORDER_BATCH_SIZE)
     from prefect.testing.utilities import prefect_test_harness
 
