@@ -47,7 +47,6 @@ from tasks.seke import AnnotateConfig, Answer, CallKey, CallRequest, ImageFailed
 from tasks.uamc import Step, image_rng
 from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig
 
-__all__ = ["AnnotateConfig", "Annotator", "Budget", "ImageOutcome", "WriteBuffer", "drive", "spent", "store_prompt"]
 
 
 class Budget:
