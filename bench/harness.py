@@ -9,7 +9,7 @@
   loopback port, so it does not share the benchmark's GIL. It is a rehearsal
   endpoint, NOT a model: its quality numbers are simulated (SIMULATOR_NOTE).
 - Prefect: `prefect_test_harness` (a temporary SQLite API server in a
-  subprocess), with the task-run recorder batch size DESIGN.md measured.
+  subprocess), with a task-run recorder batch size large enough to keep every task run.
 
 Nothing here runs at import time; every script calls these from main().
 """
@@ -59,7 +59,7 @@ KNOWN_PATTERNS: tuple[tuple[str, ...], ...] = (
     (),
 )
 
-#: DESIGN.md "Scale facts": without this the ephemeral API drops task runs at scale.
+#: Measured: without this the ephemeral API drops task runs at scale (bench/README.md, flow_memory).
 RECORDER_BATCH_SIZE = "500"
 
 
@@ -211,7 +211,7 @@ def simulator_process(latency_ms: float = 0.0) -> Iterator[SimulatorProcess]:
 
 @contextmanager
 def prefect_api() -> Iterator[None]:
-    """A temporary Prefect API server with the recorder batch size of DESIGN.md."""
+    """A temporary Prefect API server with the task-run recorder batch size of RECORDER_BATCH_SIZE."""
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", RECORDER_BATCH_SIZE)
     from prefect.testing.utilities import prefect_test_harness
 
@@ -271,23 +271,23 @@ def database_run_counts(settings: Settings, run_name: str) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-# --- the Annotator without Prefect --------------------------------------------------------------
+# --- the annotate engine without Prefect -----------------------------------------------------------
 
 
-def annotate_on_threads(
+def annotate_without_prefect(
     settings: Settings, run_name: str, base_url: str, model: str, config, concurrency: int, *, limit: int | None = None,
     image_ids: list[int] | None = None,
 ) -> dict:
-    """The Annotator over the run's images on a ThreadPoolExecutor: the flow minus Prefect."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The annotate engine over the run's images on one event loop, without Prefect: the flow minus Prefect."""
+    import asyncio
     from dataclasses import asdict
 
-    from core.db import session_factory
+    from core.db import database_url, session_factory
     from core.store import open_store
     from core.version import code_version
-    from tasks.annotate import Annotator, Budget
+    from tasks.annotate import Annotator, Budget, WriteBuffer, claim_from, drive
     from tasks.runs import close_run, open_run, run_report, unfinished_images
-    from tasks.vllm import VLLMClient, VLLMConfig
+    from tasks.vllm import VLLMConfig
 
     sessions = session_factory(settings)
     vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model)
@@ -298,13 +298,21 @@ def annotate_on_threads(
         )
     with sessions() as session:
         todo = unfinished_images(session, run_id)
-    with VLLMClient(vllm_config) as client:
-        annotator = Annotator(
-            run_id=run_id, run_name=run_name, config=config, sessions=sessions, store=open_store(settings),
-            client=client, budget=Budget(0, 0.0, None, None),
-        )
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(annotator.annotate, todo))
+    annotator = Annotator(
+        run_id=run_id, run_name=run_name, config=config, database_url=database_url(settings), store=open_store(settings),
+        vllm=vllm_config, budget=Budget(0, 0.0, None, None),
+        buffer=WriteBuffer(settings.write_buffer_rows, settings.write_buffer_ms),
+    )
+
+    async def run() -> None:
+        async with annotator.open() as engine:
+
+            async def work(batch: list[int]) -> list:
+                return [await engine.annotate(image_id) for image_id in batch]
+
+            await drive(claim_from(todo), work, concurrency)
+
+    asyncio.run(run())
     with sessions.begin() as session:
         close_run(session, run_id, stop_reason=None)
         return asdict(run_report(session, run_id))

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import tempfile
 import time
 from collections import defaultdict
@@ -50,8 +49,10 @@ from harness import (
     simulator_process,
 )
 
+from models.vocab import Stage  # noqa: E402  (after harness has put the repository on sys.path)
+
 RUN_NAME = "bench-orchestration"
-STAGE_ORDER = {"prior-sample": 0, "summary": 1, "rewrite": 2}
+STAGE_ORDER = {Stage.SAMPLE: 0, Stage.SUMMARY: 1, Stage.REWRITE: 2}
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def call_plans(settings, run_name: str) -> list[ImagePlan]:
         tasks = tuple(requested_tasks_in(prompt))
         key = (stage, tasks)
         if key not in schemas:
-            model = {"prior-sample": sample_answer_model, "summary": summary_answer_model}.get(stage)
+            model = {Stage.SAMPLE: sample_answer_model, Stage.SUMMARY: summary_answer_model}.get(stage)
             schemas[key] = json_schema_for(model(tasks) if model else RewriteAnswer)
         return schemas[key]
 
@@ -121,7 +122,9 @@ async def bare_loop(base_url: str, model: str, plans: list[ImagePlan], concurren
     started = time.perf_counter()
     calls = 0
     semaphore = asyncio.Semaphore(concurrency)
-    async with AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=120) as client:
+    # The SDK's default retries (2), as a user's loop would have: at high concurrency a loopback server
+    # occasionally drops an idle keep-alive connection just as it is reused.
+    async with AsyncOpenAI(base_url=base_url, api_key="not-needed", timeout=120) as client:
 
         async def one_image(plan: ImagePlan) -> None:
             nonlocal calls
@@ -167,15 +170,40 @@ def flow_call_window(settings, run_name: str) -> tuple[float, float]:
     return first.timestamp(), last.timestamp()
 
 
-def lift_rate_limits() -> None:
-    """Raise the client limiter's caps far above what loopback can reach, for the flow run here.
+class PeakRss:
+    """Resident memory of this process, sampled every 0.25 s over a section: (baseline, peak) in MB."""
 
-    The defaults (3,000 requests/min, 2,000,000 tokens/min: GPT-4o tier limits)
-    cap the flow at 2e6 / 60 / (tokens per call) calls/s, ~31 calls/s with
-    SEKE's ~1,000-token calls: a budget, not orchestration overhead.
-    """
-    os.environ["SEKE_REQUESTS_PER_MINUTE"] = str(10**9)
-    os.environ["SEKE_TOKENS_PER_MINUTE"] = str(10**12)
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self.baseline = self.peak = self._process.memory_info().rss / 2**20
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, self._process.memory_info().rss / 2**20)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss / 2**20)
+
+
+def report_endpoint_limits(base_url: str) -> str:
+    """The client-side caps the flow ran under, as configured for this endpoint."""
+    from core.config import get_settings
+    from tasks.vllm import VLLMConfig
+
+    config = VLLMConfig.from_settings(get_settings(), base_url=base_url, model="any")
+    if config.requests_per_minute is None and config.tokens_per_minute is None:
+        return "no cap (not a hosted provider's host)"
+    return f"{config.requests_per_minute} requests/min, {config.tokens_per_minute} tokens/min"
 
 
 def main() -> None:
@@ -186,20 +214,12 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000, help="the flow's images per sub-flow")
     parser.add_argument("--images-per-task", type=int, default=1, help="the flow's images per Prefect task run")
     parser.add_argument(
-        "--keep-rate-limits",
-        action="store_true",
-        help="keep the client's rate limiter at the configured SEKE_REQUESTS/TOKENS_PER_MINUTE "
-        "(default: lifted, since the bare loop has none)",
-    )
-    parser.add_argument(
         "--workers",
         type=int,
         default=1,
         help="> 1: compare one worker process with this many (concurrency split between them) instead of the bare loop",
     )
     args = parser.parse_args()
-    if not args.keep_rate_limits:
-        lift_rate_limits()
     if args.workers > 1:
         compare_workers(args)
         return
@@ -220,7 +240,7 @@ def main() -> None:
             database_url = settings.database_url.get_secret_value()  # type: ignore[union-attr]
             start_epoch = time.time()
             started = time.perf_counter()
-            with CpuMeter(simulator.pid, database_url) as flow_cpu:
+            with CpuMeter(simulator.pid, database_url) as flow_cpu, PeakRss() as memory:
                 report = annotate_flow(
                     run_name=RUN_NAME,
                     base_url=simulator.base_url,
@@ -260,10 +280,15 @@ def main() -> None:
     )
     print(f"ideal (concurrency / (calls per image x latency)): {ideal:.2f} images/s")
     tokens_per_call = (report["tokens_in"] + report["tokens_out"]) / max(flow_calls, 1)
-    limits = "kept as configured" if args.keep_rate_limits else "lifted for this run"
+    endpoint = report_endpoint_limits(simulator.base_url)
     print(
-        f"client rate limiter {limits}; {tokens_per_call:.0f} tokens per call, so the default 2,000,000 tokens/min "
-        f"alone would cap the flow at {2e6 / 60 / tokens_per_call:.1f} calls/s"
+        f"client rate limiter: {endpoint} ({tokens_per_call:.0f} tokens per call; OpenAI's default of "
+        f"2,000,000 tokens/min would allow {2e6 / 60 / tokens_per_call:.1f} calls/s)"
+    )
+    growth = memory.peak - memory.baseline
+    print(
+        f"flow process memory: {memory.baseline:.0f} MB before, {memory.peak:.0f} MB peak, growth {growth:.0f} MB "
+        f"(goal < 200: {'met' if growth < 200 else 'MISSED'})"
     )
     print(
         f"flow time outside the call window: {first_call - start_epoch:.1f} s before the first call, "

@@ -8,7 +8,7 @@ each source's real label availability, so images lack different
 descriptions) with prior knowledge on and the rewrite step off (it does not
 change labels). "Fixed 5" is UAMCConfig(start_samples=5, max_samples=5):
 five samples are drawn before the first decision, which is then
-"max-reached". The Annotator runs on plain threads (no Prefect) against the
+"max-reached". The annotate engine runs without Prefect against the
 simulator in its own process, with zero latency.
 
 Agreement is scored on generated labels only (the descriptions an image
@@ -32,7 +32,7 @@ from pathlib import Path
 import harness  # noqa: F401  (puts the repository on sys.path)
 from harness import (
     SIMULATOR_NOTE,
-    annotate_on_threads,
+    annotate_without_prefect,
     ingest_demo_data,
     machine_line,
     new_settings,
@@ -178,7 +178,7 @@ def main() -> None:
                 run_name = f"bench-policy-{k}"
                 config = AnnotateConfig(seed=args.seed, use_prior=True, uamc=uamc, rewrite_with_llm=False)
                 started = time.perf_counter()
-                annotate_on_threads(
+                annotate_without_prefect(
                     settings, run_name, simulator.base_url, simulator.model, config, args.concurrency, image_ids=image_ids
                 )
                 results[label] = scored_run(settings, run_name)

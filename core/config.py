@@ -41,11 +41,21 @@ class Settings(BaseSettings):
     )
     vllm_model: str = Field(default="gpt-4o", description="Model name sent to the endpoint.")
     vllm_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the endpoint.")
-    requests_per_minute: int = Field(default=3000, gt=0, description="The endpoint's requests/min, shared by all workers.")
-    tokens_per_minute: int = Field(default=2_000_000, gt=0, description="The endpoint's tokens/min, shared by all workers.")
+    requests_per_minute: int | None = Field(
+        default=None, gt=0, description="The endpoint's request rate cap, shared by all workers of a run (unset: see tasks/vllm.py HOSTED_RATE_LIMITS)."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, gt=0, description="The endpoint's token rate cap, shared by all workers of a run (unset: see tasks/vllm.py HOSTED_RATE_LIMITS)."
+    )
     vllm_max_attempts: int = Field(default=6, ge=1, description="Attempts per call on transient failures (429, 5xx, timeouts).")
     vllm_backoff_base_s: float = Field(default=1.0, gt=0, description="First retry backoff ceiling; doubles per attempt.")
     concurrency: int = Field(default=32, gt=0, le=512, description="Images annotated at once.")
+    write_buffer_rows: int = Field(
+        default=256, ge=1, description="Annotate: most call rows held uncommitted at once (a SIGKILL may cost these calls again)."
+    )
+    write_buffer_ms: float = Field(
+        default=100.0, gt=0, description="Annotate: most milliseconds a call row waits before its batch is committed."
+    )
     prefect_concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit each image holds a slot of: a coarse cap across processes.",

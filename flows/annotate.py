@@ -5,7 +5,10 @@ by workers; each worker keeps claiming until nothing is claimable and runs
 its images in shard sub-flows of at most `shard_size` images (one flow holding
 every task's state grows by ~3-9 KB per task and the ephemeral API drops task
 runs past ~10k in one flow; shards keep memory flat and the UI's counts true).
-Every image is a named task run on a bounded ThreadPoolTaskRunner.
+A shard is an async flow on an event loop of its own: `concurrency` coroutines
+claim images and run each as an async task run (`annotate-image`), so every
+image is its own task run in the UI while all calls share one event loop, one
+HTTP client and one batched database writer (tasks/annotate.py).
 
 `workers=1`: the annotate flow is the worker. `workers=K`: K worker flow runs
 (`annotate-worker`), as local processes, or, with `via_deployments`, as
@@ -22,42 +25,45 @@ Our PostgreSQL is the system of record: re-running a run resumes it.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    aupdate_progress_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
+from prefect.concurrency.asyncio import concurrency as global_slot
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run, task_run
 from prefect.states import Cancelled
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.names import Name, slug
 from core.config import get_settings
-from core.db import get_engine, release_idle_connections, session_factory
+from core.db import database_url, get_engine, release_idle_connections, session_factory
 from core.store import open_store
 from core.version import code_version
 from flows.workers import StopSignals, Watch, flow_run_cancelled, start_deployment_workers, start_local_workers
-from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome
+from tasks.annotate import AnnotateConfig, AnnotateSession, Annotator, Budget, ImageOutcome, WriteBuffer, drive
 from tasks.budget import run_spent, shared_budget_reason
 from tasks.leases import claim, expire_dead_local, new_worker_id, next_expiry_s, release
 from tasks.ratelimit import RateLimiter
 from tasks.runs import RunReport, close_run, image_counts, open_run, request_stop, run_report, stop_requested
 from tasks.shared_limit import SharedRateLimit, bucket_key
-from tasks.vllm import VLLMClient, VLLMConfig
-
-
-log = logging.getLogger(__name__)
+from tasks.vllm import VLLMConfig
 
 
 class ProgressReporter:
@@ -72,7 +78,7 @@ class ProgressReporter:
         self._last = 0.0
         self._lock = threading.Lock()
 
-    def image_finished(self, outcome: ImageOutcome, budget: Budget) -> None:
+    async def image_finished(self, outcome: ImageOutcome, budget: Budget) -> None:
         with self._lock:
             self.done += outcome.status == "done"
             self.failed += outcome.status == "failed"
@@ -80,17 +86,16 @@ class ProgressReporter:
             if now - self._last < self.interval_s:
                 return
             self._last = now
-        self.flush(budget)
+        await aupdate_progress_artifact(self.artifact_id, progress=self._percent(), description=self._description(budget))
 
     def flush(self, budget: Budget) -> None:
-        update_progress_artifact(
-            self.artifact_id,
-            progress=100.0 * self.done / self.total,
-            description=(
-                f"{self.done}/{self.total} images done, {self.failed} failed; "
-                f"{budget.calls} calls, ${budget.cost_usd:.4f}"
-            ),
-        )
+        update_progress_artifact(self.artifact_id, progress=self._percent(), description=self._description(budget))
+
+    def _percent(self) -> float:
+        return 100.0 * self.done / self.total
+
+    def _description(self, budget: Budget) -> str:
+        return f"{self.done}/{self.total} images done, {self.failed} failed; {budget.calls} calls, ${budget.cost_usd:.4f}"
 
 
 def _task_run_name() -> str:
@@ -98,34 +103,40 @@ def _task_run_name() -> str:
     return f"image-{ids[0]}" if len(ids) == 1 else f"images-{ids[0]}-to-{ids[-1]}"
 
 
-def _annotate_one(image_id: int, annotator: Annotator, progress: ProgressReporter, global_limit: str | None) -> ImageOutcome:
-    reason = annotator.budget.stop_reason()
+async def _annotate_one(
+    image_id: int, session: AnnotateSession, progress: ProgressReporter, global_limit: str | None
+) -> ImageOutcome:
+    reason = session.budget.stop_reason()
     if reason:
         return ImageOutcome(image_id, "skipped", reason=reason)
     if global_limit:
         # Coarse cross-process cap (one slot per image, not per call: each slot costs API round trips,
         # and Prefect's server-side limits were measured to admit well under their caps).
-        with concurrency(global_limit, occupy=1):
-            outcome = annotator.annotate(image_id)
+        async with global_slot(global_limit, occupy=1):
+            outcome = await session.annotate(image_id)
     else:
-        outcome = annotator.annotate(image_id)
+        outcome = await session.annotate(image_id)
     if outcome.status == "failed":
         get_run_logger().warning("image %s failed: %s", image_id, outcome.reason)
-    progress.image_finished(outcome, annotator.budget)
+    await progress.image_finished(outcome, session.budget)
     return outcome
 
 
 @task(name="annotate-image", task_run_name=_task_run_name, cache_policy=NO_CACHE, retries=0)
-def annotate_images(
-    image_ids: list[int], annotator: Annotator, progress: ProgressReporter, global_limit: str | None = None
+async def annotate_images(
+    image_ids: list[int], session: AnnotateSession, progress: ProgressReporter, global_limit: str | None = None
 ) -> list[ImageOutcome]:
     """One image per task run by default (the UI shows each image); several, one after another, to
-    spend Prefect's per-task cost (~30 ms of CPU, bench/README.md) on more than one image."""
-    return [_annotate_one(image_id, annotator, progress, global_limit) for image_id in image_ids]
+    spend Prefect's per-task cost on more than one image."""
+    return [await _annotate_one(image_id, session, progress, global_limit) for image_id in image_ids]
 
 
 class Feeder:
-    """One worker's claim loop: keeps `concurrency` images in flight, claiming one task's worth at a time."""
+    """One worker's claims: leased images from PostgreSQL, one task's worth at a time, until none is left or a stop.
+
+    The engine's `drive` calls `claim()` from each of its coroutines; the
+    database work runs in threads so the event loop keeps serving calls.
+    """
 
     def __init__(
         self,
@@ -136,7 +147,6 @@ class Feeder:
         annotator: Annotator,
         progress: ProgressReporter,
         watch: Watch,
-        concurrency: int,
         images_per_task: int,
         lease_s: float,
         max_calls: int | None,
@@ -147,12 +157,9 @@ class Feeder:
         self.annotator, self.progress, self.watch = annotator, progress, watch
         self.images_per_task, self.lease_s = images_per_task, lease_s
         self.max_calls, self.max_cost_usd, self.global_limit = max_calls, max_cost_usd, global_limit
-        self.slots = threading.BoundedSemaphore(concurrency)
         self.counts: dict[str, int] = {}
         self.stop_reason: str | None = None
         self.exhausted = False
-        self._in_flight = 0
-        self._idle = threading.Condition()
 
     def _stop_reason(self) -> str | None:
         reason = self.watch.stop_reason() or self.annotator.budget.stop_reason()
@@ -161,58 +168,55 @@ class Feeder:
         with self.sessions() as session:
             return shared_budget_reason(session, self.run_id, self.max_calls, self.max_cost_usd)
 
-    def _finished(self, future) -> None:
-        """Runs on the task's thread, outside any run context: module logger, counts under the lock."""
-        try:
-            statuses = [outcome.status for outcome in future.result()]
-        except Exception as exc:  # a crashed task leaves its image leased; the lease expires and it is retried
-            log.warning("task %s crashed: %s", future.task_run_id, exc)
-            statuses = ["crashed"]
-        self.slots.release()
-        with self._idle:
-            for status in statuses:
-                self.counts[status] = self.counts.get(status, 0) + 1
-            self._in_flight -= 1
-            self._idle.notify_all()
+    def _claim(self, n: int) -> list[int]:
+        with self.sessions.begin() as session:
+            return claim(session, self.run_id, self.worker, n, self.lease_s)
 
-    def run_shard(self, max_images: int) -> None:
-        """Claim and submit up to `max_images` images; return when they are finished, or on a stop."""
-        submitted = 0
-        while submitted < max_images:
-            self.stop_reason = self._stop_reason()
-            if self.stop_reason:
-                break
-            if not self.slots.acquire(timeout=0.5):
-                continue
-            with self.sessions.begin() as session:
-                image_ids = claim(session, self.run_id, self.worker, min(self.images_per_task, max_images - submitted), self.lease_s)
-            if not image_ids:
-                self.slots.release()
-                with self.sessions() as session:
-                    wait = next_expiry_s(session, self.run_id)
-                if wait is None and self._in_flight == 0:
+    def _next_expiry_s(self) -> float | None:
+        with self.sessions() as session:
+            return next_expiry_s(session, self.run_id)
+
+    def claims(self, max_images: int):  # noqa: ANN201 (a tasks.annotate.Claim)
+        """A Claim for one shard: up to `max_images` images, then None."""
+        claimed = 0
+
+        async def claim_next() -> list[int] | None:
+            nonlocal claimed
+            while claimed < max_images:
+                self.stop_reason = self.stop_reason or await asyncio.to_thread(self._stop_reason)
+                if self.stop_reason:
+                    return None
+                image_ids = await asyncio.to_thread(self._claim, min(self.images_per_task, max_images - claimed))
+                if image_ids:
+                    claimed += len(image_ids)
+                    return image_ids
+                wait = await asyncio.to_thread(self._next_expiry_s)
+                if wait is None:  # nothing claimable and nothing leased by anyone: the run has no work left
                     self.exhausted = True
-                    break
-                # Others (or our own tasks) hold the rest: wait for them to finish or their leases to expire.
-                self.watch.signals.event.wait(min(0.5, wait if wait is not None else 0.5))
-                continue
-            with self._idle:
-                self._in_flight += 1
-            submitted += len(image_ids)
-            future = annotate_images.submit(image_ids, self.annotator, self.progress, self.global_limit)
-            future.add_done_callback(self._finished)
-        with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0)
+                    return None
+                # Others (or our own coroutines) hold the rest: wait for them to finish or their leases to expire.
+                await asyncio.sleep(min(0.5, wait))
+            return None
+
+        return claim_next
+
+    def count(self, outcomes: list[ImageOutcome]) -> dict[str, int]:
+        shard: dict[str, int] = {}
+        for outcome in outcomes:
+            shard[outcome.status] = shard.get(outcome.status, 0) + 1
+            self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        return shard
 
 
 @flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
-def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: int) -> dict[str, int]:
-    """Up to `max_images` of the run's images, claimed as slots free up; every image a task run."""
-    before = dict(feeder.counts)
+async def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: int, concurrency: int) -> dict[str, int]:
+    """Up to `max_images` of the run's images, claimed as coroutines free up; every image a task run."""
     # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
     with feeder.watch.signals.installed():
-        feeder.run_shard(max_images)  # returns once its images are finished: the counts are settled
-    return {k: v - before.get(k, 0) for k, v in feeder.counts.items() if v - before.get(k, 0)}
+        async with feeder.annotator.open() as session:
+            work = partial(annotate_images, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
+            outcomes = await drive(feeder.claims(max_images), work, concurrency)
+    return feeder.count(outcomes)
 
 
 def _publish_report(report: RunReport, run_name: str) -> None:
@@ -290,56 +294,60 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
     total, done = sum(counts.values()), counts.get("done", 0)
     get_run_logger().info("run %s (id %s): worker %s joins, %s of %s images left", params.run_name, params.run_id, worker, total - done, total)
     progress = ProgressReporter(create_progress_artifact(100.0 * done / max(total, 1), description=f"run {params.run_name}: starting"), total, done)
-    shared = SharedRateLimit(
-        get_engine(settings, concurrency),
-        bucket_key(vllm_config.base_url, vllm_config.model),
-        vllm_config.requests_per_minute,
-        vllm_config.tokens_per_minute,
-        burst_s=vllm_config.rate_burst_s,
-    )
-    limiter = RateLimiter(vllm_config.requests_per_minute, vllm_config.tokens_per_minute, burst_s=vllm_config.rate_burst_s, shared=shared)
-    signals = StopSignals()
-    with signals.installed(), VLLMClient(vllm_config, limiter=limiter) as client:
-        annotator = Annotator(
-            run_id=params.run_id,
-            run_name=params.run_name,
-            config=params.config,
-            sessions=sessions,
-            store=open_store(settings),
-            client=client,
-            budget=budget,
+    # The endpoint's caps, shared with every other worker through PostgreSQL; no cap, nothing to share.
+    limiter = None
+    if vllm_config.requests_per_minute and vllm_config.tokens_per_minute:
+        shared = SharedRateLimit(
+            get_engine(settings, concurrency),
+            bucket_key(vllm_config.base_url, vllm_config.model),
+            vllm_config.requests_per_minute,
+            vllm_config.tokens_per_minute,
+            burst_s=vllm_config.rate_burst_s,
         )
-        with Watch(sessions, params.run_id, worker, params.lease_s, signals, watch_flow_runs) as watch:
-            feeder = Feeder(
-                run_id=params.run_id,
-                worker=worker,
-                sessions=sessions,
-                annotator=annotator,
-                progress=progress,
-                watch=watch,
-                concurrency=concurrency,
-                images_per_task=params.images_per_task,
-                lease_s=params.lease_s,
-                max_calls=params.max_calls,
-                max_cost_usd=params.max_cost_usd,
-                global_limit=settings.prefect_concurrency_limit,
-            )
-            try:
-                shard = 0
-                while not (feeder.exhausted or feeder.stop_reason):
-                    # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
-                    runner = ThreadPoolTaskRunner(max_workers=concurrency)
-                    annotate_shard.with_options(task_runner=runner)(params.run_name, f"{worker}-{shard}", feeder, params.shard_size)
-                    shard += 1
-            finally:
-                stop_reason = feeder.stop_reason or watch.stop_reason()
-                with sessions.begin() as session:
-                    if stop_reason:
-                        request_stop(session, params.run_id, stop_reason)  # every other worker stops claiming too
-                    release(session, params.run_id, worker)
-                    close_run(session, params.run_id, stop_reason=stop_reason)
-                progress.flush(budget)
-                release_idle_connections()  # up to concurrency + 4 of them, no longer needed
+        limiter = RateLimiter(
+            vllm_config.requests_per_minute, vllm_config.tokens_per_minute, burst_s=vllm_config.rate_burst_s, shared=shared
+        )
+    annotator = Annotator(
+        run_id=params.run_id,
+        run_name=params.run_name,
+        config=params.config,
+        database_url=database_url(settings),
+        store=open_store(settings),
+        vllm=vllm_config,
+        budget=budget,
+        buffer=WriteBuffer(settings.write_buffer_rows, settings.write_buffer_ms),
+        limiter=limiter,
+    )
+    signals = StopSignals()
+    with signals.installed(), Watch(sessions, params.run_id, worker, params.lease_s, signals, watch_flow_runs) as watch:
+        feeder = Feeder(
+            run_id=params.run_id,
+            worker=worker,
+            sessions=sessions,
+            annotator=annotator,
+            progress=progress,
+            watch=watch,
+            images_per_task=params.images_per_task,
+            lease_s=params.lease_s,
+            max_calls=params.max_calls,
+            max_cost_usd=params.max_cost_usd,
+            global_limit=settings.prefect_concurrency_limit,
+        )
+        try:
+            shard = 0
+            while not (feeder.exhausted or feeder.stop_reason):
+                # Each sub-flow runs on an event loop of its own; its client, connections and writer live and end there.
+                asyncio.run(annotate_shard(params.run_name, f"{worker}-{shard}", feeder, params.shard_size, concurrency))
+                shard += 1
+        finally:
+            stop_reason = feeder.stop_reason or watch.stop_reason()
+            with sessions.begin() as session:
+                if stop_reason:
+                    request_stop(session, params.run_id, stop_reason)  # every other worker stops claiming too
+                release(session, params.run_id, worker)
+                close_run(session, params.run_id, stop_reason=stop_reason)
+            progress.flush(budget)
+            release_idle_connections()  # up to concurrency + 4 of them, no longer needed
     return feeder.counts, stop_reason
 
 

@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from models.vocab import Decision, ImageStatus, RunStatus, Stage, sql_in
+
 # Deterministic constraint names, so migrations can refer to them.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -145,6 +147,7 @@ class Run(Base):
     """An annotation (or audit) run: its full configuration, never a secret."""
 
     __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(sql_in("status", RunStatus), name="status_value"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -180,6 +183,7 @@ class RunImage(Base):
     __table_args__ = (
         Index("ix_run_images_run_status", "run_id", "status"),
         Index("ix_run_images_claimable", "run_id", "image_id", postgresql_where=text("status IN ('pending', 'sampling')")),
+        CheckConstraint(sql_in("status", ImageStatus), name="status_value"),
     )
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -200,7 +204,7 @@ class VLLMCall(Base):
     __tablename__ = "vllm_calls"
     __table_args__ = (
         UniqueConstraint("run_id", "image_id", "stage", "sample_index"),
-        CheckConstraint("stage IN ('prior-sample', 'summary', 'rewrite')", name="stage_value"),
+        CheckConstraint(sql_in("stage", Stage), name="stage_value"),
         Index("ix_vllm_calls_image", "image_id"),
     )
 
@@ -231,7 +235,7 @@ class UAMCStep(Base):
     __tablename__ = "uamc_steps"
     __table_args__ = (
         UniqueConstraint("run_id", "image_id", "step"),
-        CheckConstraint("decision IN ('sample', 'stop', 'max-reached')", name="decision_value"),
+        CheckConstraint(sql_in("decision", Decision), name="decision_value"),
         Index("ix_uamc_steps_u_max", "u_max"),
         Index("ix_uamc_steps_image", "image_id"),
     )

@@ -1,67 +1,59 @@
-"""Annotating one image: prior-knowledge samples → UAMC → summary → rewrite (SEKE §3, Algorithm 1).
+"""The annotate engine: SEKE (tasks/seke.py) over many images at once on one event loop, every call persisted.
 
-Every call is persisted, with its prompt, in its own transaction as soon as it
-returns; every UAMC decision likewise. Resume is replay: the procedure runs
-from the start, and each call it would make is first looked up by
-(run, image, stage, index). A stored call is reused, a missing one is made.
-Because UAMC's p values come from a stream seeded per (run, image), the replay
-takes exactly the decisions the interrupted run took, so no completed call is
-paid for twice and none is duplicated.
+Per image: one round trip reads its stored state (image, human labels, the
+run's stored calls and UAMC steps); the image is read and encoded once; then
+`run_seke` runs with a `call` that replays a stored answer when the run has
+one (resume is replay: UAMC's p values come from a stream seeded per (run,
+image), so the replay asks for exactly the calls the interrupted run made)
+and otherwise asks the endpoint and hands the row to the run's writer.
+
+The writer (`RunWriter`) commits call rows, UAMC steps and final rows in
+batches: a batch is committed when it holds half of `rows` call rows, when
+its oldest row is `ms` milliseconds old, or at once when an image waits for
+its final rows; producers wait while `rows` call rows are uncommitted. So a SIGKILL costs at most the calls in flight plus `rows`
+calls, each paid again on resume (SEKE_WRITE_BUFFER_ROWS / _MS). An image is
+counted done only once its final rows are committed: `annotate` returns after
+the batch holding them commits.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import contextlib
 import threading
+from enum import StrEnum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, sessionmaker
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy import Integer, bindparam, func, literal_column, null, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
-from models.answers import RewriteAnswer, bounded_raw_text, labels_from_answer, sample_answer_model, summary_answer_model
-from models.labels import FaceLabels, Task, fields_of, task_of
-from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from core.redact import redact_text
 from core.store import ObjectStore, StoreError
+from models.answers import bounded_raw_text
+from models.labels import FaceLabels, fields_of, task_of
+from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
+from models.vocab import ImageStatus, Stage
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
-from tasks.prompts import (
-    REWRITE_STAGE,
-    SAMPLE_STAGE,
-    SUMMARY_STAGE,
-    RenderedPrompt,
-    choose_question,
-    deterministic_answer,
-    prior_prompt,
-    rewrite_prompt,
-    summary_prompt,
-)
-from tasks.uamc import Step, UAMCConfig, decide, image_rng, initial_samples, normalised_uncertainties, task_statistics
-from tasks.vllm import CallResult, PermanentCallError, TransientCallError, VLLMClient
+from tasks.prompts import RenderedPrompt
+from tasks.ratelimit import RateLimiter
+from tasks.seke import AnnotateConfig, Answer, CallKey, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
+from tasks.uamc import Step, image_rng
+from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig
 
-#: Stage names as stored in vllm_calls.stage.
-DB_STAGE = {SAMPLE_STAGE: "prior-sample", SUMMARY_STAGE: "summary", REWRITE_STAGE: "rewrite"}
-
-
-class AnnotateConfig(BaseModel):
-    """What decides a run's output; stored with the run and fixed for its lifetime (resume replays it)."""
-
-    seed: int = Field(default=0, description="Seeds UAMC draws, sample seeds and question choice.")
-    use_prior: bool = Field(default=True, description="Embed known human labels + emotion knowledge (ablation: off).")
-    uamc: UAMCConfig = Field(default_factory=UAMCConfig)
-    rewrite_with_llm: bool = Field(default=True, description="Off: the answer is assembled without a rewrite call.")
-    tasks_to_mask: list[Task] = Field(
-        default_factory=list,
-        description="Audit runs: treat these human descriptions as missing and regenerate them.",
-    )
 
 
 class Budget:
-    """Calls and dollars spent by a run, shared by its threads; new images start only while under the caps."""
+    """Calls and dollars spent by a run, shared by its coroutines; new images start only while under the caps."""
 
     def __init__(self, calls: int, cost_usd: float, max_calls: int | None, max_cost_usd: float | None) -> None:
         self._lock = threading.Lock()
@@ -102,359 +94,24 @@ class ImageOutcome:
 
 
 @dataclass(frozen=True)
-class StoredCall:
-    """What the procedure needs of a persisted call (a plain object, safe across threads)."""
+class WriteBuffer:
+    """How long call rows may wait uncommitted: at most `rows` at once, at most `ms` milliseconds each."""
 
-    id: int
-    stage: str
-    sample_index: int
-    valid: bool
-    parsed: dict[str, Any] | None
-    error: str | None
-
-
-class ImageFailed(Exception):
-    """Ends one image with a reason; the run goes on."""
+    rows: int = 256
+    ms: float = 100.0
 
 
 def store_prompt(session: Session, prompt: RenderedPrompt) -> None:
     """A rendered prompt, stored once under its sha256 (calls and benchmark runs refer to it)."""
-    session.execute(
-        insert(Prompt)
-        .values(sha256=prompt.sha256, name=prompt.name, version=prompt.version, text=prompt.text)
-        .on_conflict_do_nothing(index_elements=["sha256"])
-    )
+    session.execute(_prompt_insert(), [_prompt_row(prompt)])
 
 
-def _sub_seed(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+def _prompt_insert():  # noqa: ANN202 (a SQLAlchemy Insert)
+    return insert(Prompt).on_conflict_do_nothing(index_elements=["sha256"])
 
 
-@dataclass
-class _ImageState:
-    """Stored calls of one image in one run, consumed in order by the replay."""
-
-    calls: dict[tuple[str, int], StoredCall]
-    steps: set[int]
-    next_index: dict[str, int] = field(default_factory=lambda: {s: 0 for s in DB_STAGE.values()})
-    marked_sampling: bool = False
-
-
-class Annotator:
-    """Runs the per-image procedure for one run. Thread-safe: each image uses its own sessions."""
-
-    def __init__(
-        self,
-        *,
-        run_id: int,
-        run_name: str,
-        config: AnnotateConfig,
-        sessions: sessionmaker[Session],
-        store: ObjectStore,
-        client: VLLMClient,
-        budget: Budget,
-    ) -> None:
-        self.run_id = run_id
-        self.run_name = run_name
-        self.config = config
-        self.sessions = sessions
-        self.store = store
-        self.client = client
-        self.budget = budget
-        self._known_prompts: set[str] = set()
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def _load(self, image_id: int) -> tuple[Image, FaceLabels, dict[str, int], _ImageState]:
-        with self.sessions() as session:
-            image = session.get(Image, image_id)
-            if image is None:
-                raise ImageFailed(f"image {image_id} is not in the database")
-            # Lowest id last, so it wins below: the source that imported the image first (two datasets may label it).
-            labels = session.scalars(
-                select(HumanLabel).where(HumanLabel.image_id == image_id).order_by(HumanLabel.id.desc())
-            ).all()
-            calls = session.execute(
-                select(
-                    VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.parsed, VLLMCall.error
-                ).where(VLLMCall.run_id == self.run_id, VLLMCall.image_id == image_id)
-            ).all()
-            steps = session.scalars(
-                select(UAMCStep.step).where(UAMCStep.run_id == self.run_id, UAMCStep.image_id == image_id)
-            ).all()
-        masked = {f for task in self.config.tasks_to_mask for f in fields_of(task)}
-        kept = [label for label in labels if label.field not in masked]
-        known = FaceLabels.from_field_values({label.field: label.value for label in kept})
-        state = _ImageState(
-            calls={(c.stage, c.sample_index): StoredCall(*c) for c in calls}, steps=set(steps), marked_sampling=bool(calls)
-        )
-        return image, known, {label.field: label.id for label in kept}, state
-
-    def _persist_call(
-        self, image_id: int, stage: str, index: int, prompt: RenderedPrompt, result: CallResult, state: _ImageState
-    ) -> StoredCall:
-        """The call (and its prompt, the first time this process sees it) in one transaction (style guide §7).
-
-        Core inserts, not ORM objects: this runs for every call and was a measured
-        share of the flow's client CPU (bench/README.md).
-        """
-        with self.sessions.begin() as session:
-            if prompt.sha256 not in self._known_prompts:
-                store_prompt(session, prompt)
-            call_id = session.execute(
-                insert(VLLMCall)
-                .values(
-                    run_id=self.run_id,
-                    image_id=image_id,
-                    stage=stage,
-                    sample_index=index,
-                    prompt_sha256=prompt.sha256,
-                    request_params=result.request_params,
-                    raw_text=bounded_raw_text(result.raw_text),
-                    parsed=result.parsed,
-                    valid=result.valid,
-                    error=result.error,
-                    tokens_in=result.tokens_in,
-                    tokens_out=result.tokens_out,
-                    cost_usd=Decimal(str(round(result.cost_usd, 6))),
-                    latency_s=result.latency_s,
-                    attempts=result.attempts,
-                    started_at=result.started_at,
-                    finished_at=result.finished_at,
-                )
-                .returning(VLLMCall.id)
-            ).scalar_one()
-            if not state.marked_sampling:
-                session.execute(
-                    update(RunImage)
-                    .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id, RunImage.status == "pending")
-                    .values(status="sampling")
-                )
-        self._known_prompts.add(prompt.sha256)  # set.add is atomic under the GIL; a race only repeats an upsert
-        state.marked_sampling = True
-        return StoredCall(call_id, stage, index, result.valid, result.parsed, result.error)
-
-    def _persist_step(self, image_id: int, step: Step, state: _ImageState) -> None:
-        if step.step in state.steps:
-            return
-        with self.sessions.begin() as session:
-            session.execute(
-                insert(UAMCStep)
-                .values(
-                    run_id=self.run_id,
-                    image_id=image_id,
-                    step=step.step,
-                    valid_samples=step.valid_samples,
-                    uncertainties={t.value: round(u, 6) for t, u in step.uncertainties.items()},
-                    u_max=step.u_max,
-                    p_acc=step.p_acc,
-                    p=step.p,
-                    decision=step.decision,
-                )
-                .on_conflict_do_nothing(index_elements=["run_id", "image_id", "step"])
-            )
-        state.steps.add(step.step)
-
-    # -- calls -----------------------------------------------------------------------------
-
-    def _call(
-        self, image: Image, data: bytes, state: _ImageState, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel]
-    ) -> tuple[StoredCall, bool]:
-        """The next call of `stage` for this image: the stored one if the replay has it, else a new one."""
-        db_stage = DB_STAGE[stage]
-        index = state.next_index[db_stage]
-        state.next_index[db_stage] = index + 1
-        stored = state.calls.get((db_stage, index))
-        if stored is not None:
-            return stored, False
-        temperature, max_tokens = self.client.config.stage_params(stage)
-        try:
-            result = self.client.complete(
-                stage,
-                prompt,
-                image=data,
-                answer_model=answer_model,
-                temperature=temperature,
-                seed=_sub_seed(self.config.seed, image.sha256, db_stage, index),
-                max_tokens=max_tokens,
-            )
-        except TransientCallError as exc:
-            raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
-        except PermanentCallError as exc:
-            self.budget.abort(redact_text(f"endpoint refused a request: {exc}"))
-            raise ImageFailed(f"{db_stage} call {index}: {exc}") from exc
-        self.budget.add(result)
-        return self._persist_call(image.id, db_stage, index, prompt, result, state), True
-
-    def _valid_answer(
-        self, image: Image, data: bytes, state: _ImageState, stage: str, prompt: RenderedPrompt, answer_model: type[BaseModel], invalid: list[str]
-    ) -> tuple[StoredCall, int]:
-        """Calls until a valid answer; the image fails after `max_invalid` invalid answers of any stage."""
-        new_calls = 0
-        while True:
-            call, made = self._call(image, data, state, stage, prompt, answer_model)
-            new_calls += made
-            if call.valid:
-                return call, new_calls
-            invalid.append(f"{call.stage}#{call.sample_index}: {call.error}")
-            if len(invalid) >= self.config.uamc.max_invalid:
-                raise ImageFailed(f"{len(invalid)} invalid answers (last: {invalid[-1]})")
-
-    # -- the procedure ---------------------------------------------------------------------
-
-    def annotate(self, image_id: int) -> ImageOutcome:
-        """Annotate one image end to end; never raises for a problem of this image."""
-        try:
-            return self._annotate(image_id)
-        except ImageFailed as exc:
-            reason = redact_text(str(exc))  # stored, logged and shown: no credentials from a URL
-            self._mark(image_id, "failed", reason)
-            return ImageOutcome(image_id, "failed", reason=reason)
-
-    def _annotate(self, image_id: int) -> ImageOutcome:
-        image, known, human_ids, state = self._load(image_id)
-        try:
-            data = self.store.get_bytes(image.object_key)
-            validate_image(data, name=image.object_key)
-        except (StoreError, InvalidImage) as exc:  # a missing or broken object fails this image alone
-            raise ImageFailed(f"cannot read image {image.object_key}: {exc}") from exc
-
-        missing = known.missing_tasks()
-        invalid: list[str] = []
-        new_calls = 0
-        samples: list[dict[str, Any]] = []
-        last_step: Step | None = None
-        if missing:
-            prompt = prior_prompt(known, missing, use_prior=self.config.use_prior)
-            answer_model = sample_answer_model(missing)
-            uamc = self.config.uamc
-
-            def draw() -> None:
-                nonlocal new_calls
-                call, made = self._valid_answer(image, data, state, SAMPLE_STAGE, prompt, answer_model, invalid)
-                new_calls += made
-                samples.append(call.parsed or {})
-
-            for _ in range(initial_samples(uamc)):
-                draw()
-            if uamc.enabled:
-                rng = image_rng(self.config.seed, self.run_name, image.sha256)
-                step_number = 0
-                while True:
-                    last_step = decide(step_number, missing, samples, uamc, rng)
-                    self._persist_step(image.id, last_step, state)
-                    if last_step.decision != "sample":
-                        break
-                    draw()
-                    step_number += 1
-
-        stats = task_statistics(missing, samples, self.config.uamc.normaliser) if samples else {}
-        summary_call, made = self._valid_answer(
-            image,
-            data,
-            state,
-            SUMMARY_STAGE,
-            summary_prompt(known, missing, samples, {Task(t): v for t, v in stats.items()}, use_prior=self.config.use_prior),
-            summary_answer_model(missing),
-            invalid,
-        )
-        new_calls += made
-        summary = summary_call.parsed or {}
-        generated = labels_from_answer(summary)
-        final = FaceLabels.from_field_values({**generated.field_values(), **known.field_values()})
-        description = str(summary.get("description", ""))
-
-        template_id, question = choose_question(_sub_seed(self.config.seed, self.run_name, image.sha256, "question"))
-        rewrite_call: StoredCall | None = None
-        if self.config.rewrite_with_llm:
-            rewrite_call, made = self._valid_answer(
-                image, data, state, REWRITE_STAGE, rewrite_prompt(question, final, description), RewriteAnswer, invalid
-            )
-            new_calls += made
-            answer = str((rewrite_call.parsed or {}).get("answer", ""))
-        else:
-            answer = deterministic_answer(final, description)
-
-        if last_step is not None:
-            uncertainty = last_step.uncertainties
-        else:  # UAMC off: the spread of the sample(s) drawn, if there are two to compare
-            uncertainty = normalised_uncertainties(missing, samples) if len(samples) > 1 else {}
-        self._finish(
-            image.id,
-            final=final,
-            human_ids=human_ids,
-            summary_call_id=summary_call.id,
-            uncertainty=uncertainty,
-            samples_used=len(samples),
-            instruction=(template_id, question, answer, description, rewrite_call.id if rewrite_call else None),
-        )
-        return ImageOutcome(image.id, "done", samples_used=len(samples), new_calls=new_calls)
-
-    def _finish(
-        self,
-        image_id: int,
-        *,
-        final: FaceLabels,
-        human_ids: dict[str, int],
-        summary_call_id: int,
-        uncertainty: dict[Task, float],
-        samples_used: int,
-        instruction: tuple[int, str, str, str, int | None],
-    ) -> None:
-        """Final annotations, the instruction and the image's status: one transaction, so all or nothing."""
-        template_id, question, answer, description, rewrite_call_id = instruction
-        with self.sessions.begin() as session:
-            rows = [
-                {
-                    "run_id": self.run_id,
-                    "image_id": image_id,
-                    "field": name,
-                    "provenance": "human" if name in human_ids else "generated",
-                    "human_label_id": human_ids.get(name),
-                    "summary_call_id": None if name in human_ids else summary_call_id,
-                    "uncertainty": None if name in human_ids else uncertainty.get(task_of(name)),
-                    "samples_used": None if name in human_ids else samples_used,
-                    **label_columns(value),
-                }
-                for name, value in final.field_values().items()
-            ]
-            # One executemany of a statement compiled once (SQLAlchemy batches it into a multi-row INSERT):
-            # 20 single-row ORM inserts per image were a measured hot spot.
-            session.execute(
-                insert(Annotation).on_conflict_do_nothing(index_elements=["run_id", "image_id", "field"]), rows
-            )
-            session.execute(
-                insert(Instruction)
-                .values(
-                    run_id=self.run_id,
-                    image_id=image_id,
-                    template_id=template_id,
-                    question=question,
-                    answer=answer,
-                    description=description,
-                    rewrite_call_id=rewrite_call_id,
-                )
-                .on_conflict_do_nothing(index_elements=["run_id", "image_id"])
-            )
-            session.execute(
-                update(RunImage)
-                .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id)
-                .values(
-                    status="done",
-                    samples_used=samples_used,
-                    failure_reason=None,
-                    consistency_flags=consistency_flags(final),
-                )
-            )
-
-    def _mark(self, image_id: int, status: str, reason: str) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(RunImage)
-                .where(RunImage.run_id == self.run_id, RunImage.image_id == image_id)
-                .values(status=status, failure_reason=reason)
-            )
+def _prompt_row(prompt: RenderedPrompt) -> dict[str, str]:
+    return {"sha256": prompt.sha256, "name": prompt.name, "version": prompt.version, "text": prompt.text}
 
 
 def spent(session: Session, run_id: int) -> tuple[int, float]:
@@ -463,3 +120,539 @@ def spent(session: Session, run_id: int) -> tuple[int, float]:
         select(func.count(VLLMCall.id), func.coalesce(func.sum(VLLMCall.cost_usd), 0)).where(VLLMCall.run_id == run_id)
     ).one()
     return int(calls), float(cost)
+
+
+# --- an image's stored state: one round trip ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredCall:
+    valid: bool
+    parsed: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass
+class ImageState:
+    """What the run has stored for one image; `call_ids` grows as the writer commits new calls."""
+
+    image_id: int
+    sha256: str
+    object_key: str
+    known: FaceLabels
+    human_ids: dict[str, int]
+    calls: dict[CallKey, StoredCall]
+    call_ids: dict[CallKey, int]
+    steps: set[int]
+    new_calls: int = 0
+
+
+def _state_query():  # noqa: ANN202 (a SQLAlchemy Select)
+    """Image, human labels, stored calls and stored steps of one image in one run, as one row."""
+    image_id, run_id = bindparam("image_id", type_=Integer), bindparam("run_id", type_=Integer)
+    labels = (
+        # Lowest id last, so it wins in _image_state: the source that imported the image first (two may label it).
+        select(func.json_agg(aggregate_order_by(
+            func.json_build_array(HumanLabel.id, HumanLabel.field, HumanLabel.value_text, HumanLabel.value_number,
+                                  HumanLabel.value_bool),
+            HumanLabel.id.desc(),
+        )))
+        .where(HumanLabel.image_id == image_id)
+        .scalar_subquery()
+    )
+    calls = (
+        select(func.json_agg(func.json_build_array(VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid,
+                                                   VLLMCall.parsed, VLLMCall.error)))
+        .where(VLLMCall.run_id == run_id, VLLMCall.image_id == image_id)
+        .scalar_subquery()
+    )
+    steps = (
+        select(func.array_agg(UAMCStep.step))
+        .where(UAMCStep.run_id == run_id, UAMCStep.image_id == image_id)
+        .scalar_subquery()
+    )
+    return select(Image.sha256, Image.object_key, labels, calls, steps).where(Image.id == image_id)
+
+
+# The hot statements run through psycopg directly (pipelined executemany, no per-statement SQLAlchemy
+# overhead), as SQL compiled once from the ORM's tables: the schema stays defined in one place.
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+
+
+def _sql(statement: Any) -> str:
+    return str(statement.compile(dialect=_DIALECT))
+
+
+def _word(value: StrEnum) -> Any:
+    return literal_column(f"'{value.value}'")  # a vocabulary word, inlined (never user input)
+
+
+def _bound(table: Any, *skip: str) -> dict[str, Any]:
+    return {c.name: bindparam(c.name, type_=c.type) for c in table.columns if c.name not in ("id", "created_at", *skip)}
+
+
+_STATE_SQL = _sql(_state_query())
+_PROMPT_SQL = _sql(insert(Prompt).inline().values(_bound(Prompt.__table__)).on_conflict_do_nothing(index_elements=["sha256"]))
+_CALL_SQL = _sql(insert(VLLMCall).values(_bound(VLLMCall.__table__)).returning(VLLMCall.id))
+_STEP_SQL = _sql(
+    insert(UAMCStep).inline().values(_bound(UAMCStep.__table__)).on_conflict_do_nothing(index_elements=["run_id", "image_id", "step"])
+)
+_ANNOTATION_SQL = _sql(
+    insert(Annotation).inline().values(_bound(Annotation.__table__)).on_conflict_do_nothing(index_elements=["run_id", "image_id", "field"])
+)
+_INSTRUCTION_SQL = _sql(
+    insert(Instruction).inline().values(_bound(Instruction.__table__)).on_conflict_do_nothing(index_elements=["run_id", "image_id"])
+)
+_SAMPLING_SQL = _sql(
+    update(RunImage)
+    .where(RunImage.run_id == bindparam("run_id"), RunImage.image_id == bindparam("image_id"),
+           RunImage.status == _word(ImageStatus.PENDING))
+    .values(status=_word(ImageStatus.SAMPLING))
+)
+_DONE_SQL = _sql(
+    update(RunImage)
+    .where(RunImage.run_id == bindparam("run_id"), RunImage.image_id == bindparam("image_id"))
+    .values(status=_word(ImageStatus.DONE), samples_used=bindparam("samples_used"), failure_reason=null(),
+            consistency_flags=bindparam("flags", type_=RunImage.__table__.c.consistency_flags.type))
+)
+_FAILED_SQL = _sql(
+    update(RunImage)
+    .where(RunImage.run_id == bindparam("run_id"), RunImage.image_id == bindparam("image_id"))
+    .values(status=_word(ImageStatus.FAILED), failure_reason=bindparam("reason"))
+)
+
+
+def conninfo(database_url: str) -> str:
+    """A libpq connection string for a SQLAlchemy URL (postgresql+psycopg://…)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _image_state(image_id: int, row: Any, config: AnnotateConfig) -> ImageState:
+    sha256, object_key, labels, calls, steps = row
+    masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
+    kept = [(label_id, name, next(v for v in values if v is not None))
+            for label_id, name, *values in labels or () if name not in masked]
+    stored = {(Stage(stage), index): (call_id, StoredCall(valid, parsed, error))
+              for call_id, stage, index, valid, parsed, error in calls or ()}
+    return ImageState(
+        image_id=image_id,
+        sha256=sha256,
+        object_key=object_key,
+        known=FaceLabels.from_field_values({name: value for _, name, value in kept}),
+        human_ids={name: label_id for label_id, name, _ in kept},
+        calls={key: call for key, (_, call) in stored.items()},
+        call_ids={key: call_id for key, (call_id, _) in stored.items()},
+        steps=set(steps or ()),
+    )
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    prompts: dict[str, dict[str, str]] = field(default_factory=dict)
+    calls: list[tuple[ImageState, CallKey, dict[str, Any]]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    sampling: set[int] = field(default_factory=set)
+    finals: list[tuple[ImageState, SekeResult]] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    committed: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.calls or self.steps or self.finals or self.failures)
+
+
+class RunWriter:
+    """Batches one run's rows into few transactions (see the module docstring for the bounds)."""
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any], run_id: int, buffer: WriteBuffer) -> None:
+        self._connection = connection
+        self._run_id = run_id
+        self._buffer = buffer
+        self._batch = _Batch()
+        self._uncommitted = 0  # call rows added and not yet committed (pending + flushing)
+        self._known_prompts: set[str] = set()
+        self._pending = asyncio.Event()  # set when rows were added (or on close)
+        self._due = asyncio.Event()  # set when the batch should be committed now
+        self._space = asyncio.Condition()
+        self._oldest: float | None = None
+        self._failure: BaseException | None = None
+        self._closing = False
+        self._task = asyncio.create_task(self._loop(), name=f"run-{run_id}-writer")
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"the run's database writer failed: {self._failure}") from self._failure
+
+    async def add_call(self, state: ImageState, key: CallKey, prompt: RenderedPrompt, result: CallResult) -> None:
+        """Queue a call row; waits while `rows` call rows are uncommitted."""
+        self._check()
+        if self._uncommitted >= self._buffer.rows:
+            async with self._space:
+                await self._space.wait_for(lambda: self._uncommitted < self._buffer.rows or self._failure is not None)
+            self._check()
+        batch = self._batch
+        if prompt.sha256 not in self._known_prompts:
+            batch.prompts[prompt.sha256] = _prompt_row(prompt)
+        if not state.call_ids and not state.calls:
+            batch.sampling.add(state.image_id)
+        stage, index = key
+        batch.calls.append((state, key, {
+            "run_id": self._run_id,
+            "image_id": state.image_id,
+            "stage": stage.value,
+            "sample_index": index,
+            "prompt_sha256": prompt.sha256,
+            "request_params": Jsonb(result.request_params),
+            "raw_text": bounded_raw_text(result.raw_text),
+            "parsed": None if result.parsed is None else Jsonb(result.parsed),
+            "valid": result.valid,
+            "error": result.error,
+            "tokens_in": result.tokens_in,
+            "tokens_out": result.tokens_out,
+            "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+            "latency_s": result.latency_s,
+            "attempts": result.attempts,
+            "started_at": result.started_at,
+            "finished_at": result.finished_at,
+        }))
+        self._uncommitted += 1
+        self._added(len(batch.calls) * 2 >= self._buffer.rows)
+
+    def add_steps(self, state: ImageState, steps: tuple[Step, ...]) -> None:
+        self._check()
+        for step in steps:
+            if step.step in state.steps:
+                continue
+            state.steps.add(step.step)
+            self._batch.steps.append({
+                "run_id": self._run_id,
+                "image_id": state.image_id,
+                "step": step.step,
+                "valid_samples": step.valid_samples,
+                "uncertainties": Jsonb({t.value: round(u, 6) for t, u in step.uncertainties.items()}),
+                "u_max": step.u_max,
+                "p_acc": step.p_acc,
+                "p": step.p,
+                "decision": step.decision.value,
+            })
+        self._added(False)
+
+    async def finish(self, state: ImageState, result: SekeResult) -> None:
+        """Queue the image's final rows and wait until they are committed."""
+        self._check()
+        self.add_steps(state, result.sampling.steps)
+        self._batch.finals.append((state, result))
+        await self._committed()
+
+    async def fail(self, state_or_id: ImageState | int, reason: str, steps: tuple[Step, ...]) -> None:
+        """Queue the image's failure (and the decisions taken before it) and wait until committed."""
+        self._check()
+        if isinstance(state_or_id, ImageState):
+            self.add_steps(state_or_id, steps)
+            image_id = state_or_id.image_id
+        else:
+            image_id = state_or_id
+        self._batch.failures.append((image_id, reason))
+        await self._committed()
+
+    async def _committed(self) -> None:
+        # An image waits for its own commit: flush now (rows queued meanwhile join the next batch).
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.committed.append(future)
+        self._added(True)
+        await future
+
+    def _added(self, full: bool) -> None:
+        if self._oldest is None:
+            self._oldest = asyncio.get_running_loop().time()
+        self._pending.set()
+        if full:
+            self._due.set()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not (self._closing and self._oldest is None):
+                await self._pending.wait()
+                self._pending.clear()
+                if self._oldest is None:
+                    continue
+                delay = self._oldest + self._buffer.ms / 1000 - loop.time()
+                if delay > 0 and not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._due.wait(), delay)
+                await self._flush()
+        except BaseException as exc:  # every waiter must hear of it, then the error ends the writer
+            self._failure = exc
+            for future in self._batch.committed:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the run's database writer failed: {exc}"))
+            async with self._space:
+                self._space.notify_all()
+            raise
+
+    async def _flush(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        self._oldest = None
+        self._due.clear()
+        if batch.prompts or batch:
+            try:
+                async with self._connection.transaction():
+                    await self._write(self._connection.cursor(), batch)
+            except BaseException as exc:
+                for future in batch.committed:
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"the run's database writer failed: {exc}"))
+                raise
+        self._known_prompts.update(batch.prompts)
+        self._uncommitted -= len(batch.calls)
+        async with self._space:
+            self._space.notify_all()
+        for future in batch.committed:
+            if not future.done():
+                future.set_result(None)
+        if self._oldest is not None:  # rows added while this batch was being written
+            self._pending.set()
+
+    async def _write(self, cursor: psycopg.AsyncCursor[Any], batch: _Batch) -> None:
+        """One transaction; each executemany is pipelined by psycopg (one round trip per statement kind)."""
+        if batch.prompts:
+            await cursor.executemany(_PROMPT_SQL, list(batch.prompts.values()))
+        if batch.calls:
+            await cursor.executemany(_CALL_SQL, [row for _, _, row in batch.calls], returning=True)
+            for state, key, _ in batch.calls:  # one result set per row, in order
+                state.call_ids[key] = (await cursor.fetchone())[0]  # type: ignore[index]
+                cursor.nextset()
+        if batch.steps:
+            await cursor.executemany(_STEP_SQL, batch.steps)
+        if batch.sampling:
+            await cursor.executemany(_SAMPLING_SQL, [{"run_id": self._run_id, "image_id": i} for i in sorted(batch.sampling)])
+        if batch.finals:
+            await self._write_finals(cursor, batch.finals)
+        if batch.failures:
+            await cursor.executemany(
+                _FAILED_SQL, [{"run_id": self._run_id, "image_id": i, "reason": reason} for i, reason in batch.failures]
+            )
+
+    async def _write_finals(self, cursor: psycopg.AsyncCursor[Any], finals: list[tuple[ImageState, SekeResult]]) -> None:
+        """Final annotations, instructions and statuses of finished images: in the batch's transaction, so an
+        image is done exactly when its rows exist."""
+        annotations, instructions, statuses = [], [], []
+        for state, result in finals:
+            final = result.summary.final
+            summary_call_id = state.call_ids[result.summary.call]
+            samples_used = len(result.sampling.samples)
+            for name, value in final.field_values().items():
+                human = name in state.human_ids
+                annotations.append({
+                    "run_id": self._run_id,
+                    "image_id": state.image_id,
+                    "field": name,
+                    "provenance": "human" if human else "generated",
+                    "human_label_id": state.human_ids.get(name),
+                    "summary_call_id": None if human else summary_call_id,
+                    "uncertainty": None if human else result.sampling.uncertainty.get(task_of(name)),
+                    "samples_used": None if human else samples_used,
+                    **label_columns(value),
+                })
+            rewrite = result.rewrite
+            instructions.append({
+                "run_id": self._run_id,
+                "image_id": state.image_id,
+                "template_id": rewrite.template_id,
+                "question": rewrite.question,
+                "answer": rewrite.answer,
+                "description": result.summary.description,
+                "rewrite_call_id": state.call_ids[rewrite.call] if rewrite.call else None,
+            })
+            statuses.append({
+                "run_id": self._run_id,
+                "image_id": state.image_id,
+                "samples_used": samples_used,
+                "flags": Jsonb(consistency_flags(final)),
+            })
+        await cursor.executemany(_ANNOTATION_SQL, annotations)
+        await cursor.executemany(_INSTRUCTION_SQL, instructions)
+        await cursor.executemany(_DONE_SQL, statuses)
+
+    async def close(self) -> None:
+        """Commit what is left and stop; raises if the writer failed."""
+        self._closing = True
+        self._due.set()
+        self._pending.set()
+        try:
+            await self._task
+        finally:
+            self._check()
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+class Annotator:
+    """One run's engine settings: not bound to an event loop. `open()` starts the loop-bound parts."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        run_name: str,
+        config: AnnotateConfig,
+        database_url: str,
+        store: ObjectStore,
+        vllm: VLLMConfig,
+        budget: Budget,
+        buffer: WriteBuffer = WriteBuffer(),
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.run_name = run_name
+        self.config = config
+        self.database_url = database_url
+        self.store = store
+        self.vllm = vllm
+        self.budget = budget
+        self.buffer = buffer
+        self.limiter = limiter  # None: the client's own, from the endpoint's configured caps
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[AnnotateSession]:
+        """Endpoint client, database connections and writer on the running event loop; all committed on exit.
+
+        Two connections: the writer's, and one in autocommit mode shared by every image's read (a single
+        statement each; psycopg serialises them, ~1 ms apiece, far below the rate images start).
+        """
+        dsn = conninfo(self.database_url)
+        async with (
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as reads,
+            await psycopg.AsyncConnection.connect(dsn) as writes,
+            AsyncVLLMClient(self.vllm, limiter=self.limiter) as client,
+        ):
+            writer = RunWriter(writes, self.run_id, self.buffer)
+            try:
+                yield AnnotateSession(self, reads, client, writer)
+            finally:
+                await writer.close()
+
+
+class AnnotateSession:
+    """The open engine of one run on one event loop: `annotate(image_id)` for as many images at once as wanted."""
+
+    def __init__(
+        self, annotator: Annotator, reads: psycopg.AsyncConnection[Any], client: AsyncVLLMClient, writer: RunWriter
+    ) -> None:
+        self._annotator = annotator
+        self._reads = reads
+        self._client = client
+        self._writer = writer
+        self.budget = annotator.budget
+
+    async def annotate(self, image_id: int) -> ImageOutcome:
+        """Annotate one image end to end, committed; never raises for a problem of this image."""
+        annotator = self._annotator
+        state: ImageState | int = image_id
+        try:
+            state = await self._load(image_id)
+            image = await asyncio.to_thread(self._encoded_image, state.object_key)
+            replay = _Replay(state, image, self._client, self._writer, self.budget)
+            result = await run_seke(
+                SekeImage(state.sha256, sub_seed(annotator.config.seed, annotator.run_name, state.sha256, "question")),
+                state.known,
+                annotator.config,
+                replay.call,
+                image_rng(annotator.config.seed, annotator.run_name, state.sha256),
+            )
+        except ImageFailed as exc:
+            reason = redact_text(str(exc))  # stored, logged and shown: no credentials from a URL
+            await self._writer.fail(state, reason, exc.steps)
+            new_calls = state.new_calls if isinstance(state, ImageState) else 0
+            return ImageOutcome(image_id, "failed", reason=reason, new_calls=new_calls)
+        await self._writer.finish(state, result)
+        return ImageOutcome(image_id, "done", samples_used=len(result.sampling.samples), new_calls=state.new_calls)
+
+    async def _load(self, image_id: int) -> ImageState:
+        cursor = await self._reads.execute(_STATE_SQL, {"image_id": image_id, "run_id": self._annotator.run_id})
+        row = await cursor.fetchone()
+        if row is None:
+            raise ImageFailed(f"image {image_id} is not in the database")
+        return _image_state(image_id, row, self._annotator.config)
+
+    def _encoded_image(self, object_key: str) -> EncodedImage:
+        """The image as sent, read and encoded once (in a worker thread: an S3 read must not stall the loop)."""
+        try:
+            data = self._annotator.store.get_bytes(object_key)
+            validate_image(data, name=object_key)
+            return EncodedImage.of(data, self._client.config.image_max_side)
+        except (StoreError, InvalidImage, ValueError) as exc:  # a missing or broken object fails this image alone
+            raise ImageFailed(f"cannot read image {object_key}: {exc}") from exc
+
+
+class _Replay:
+    """The `call` of one image's procedure: the stored answer when the run has it, else a new call, queued for writing."""
+
+    def __init__(
+        self, state: ImageState, image: EncodedImage, client: AsyncVLLMClient, writer: RunWriter, budget: Budget
+    ) -> None:
+        self._state = state
+        self._image = image
+        self._client = client
+        self._writer = writer
+        self._budget = budget
+
+    async def call(self, request: CallRequest) -> Answer:
+        key = (request.stage, request.index)
+        stored = self._state.calls.get(key)
+        if stored is not None:
+            return Answer(stored.valid, stored.parsed, stored.error)
+        temperature, max_tokens = self._client.config.stage_params(request.stage)
+        try:
+            result = await self._client.complete(
+                request.stage,
+                request.prompt,
+                image=self._image,
+                answer_model=request.answer_model,
+                temperature=temperature,
+                seed=request.seed,
+                max_tokens=max_tokens,
+            )
+        except TransientCallError as exc:
+            raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
+        except PermanentCallError as exc:
+            self._budget.abort(redact_text(f"endpoint refused a request: {exc}"))
+            raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
+        self._budget.add(result)
+        self._state.new_calls += 1
+        await self._writer.add_call(self._state, key, request.prompt, result)
+        self._state.calls[key] = StoredCall(result.valid, result.parsed, result.error)
+        return Answer(result.valid, result.parsed, result.error)
+
+
+# --- driving many images --------------------------------------------------------------------------
+
+#: Where the images to annotate come from: each call returns the next batch of image ids, or None when
+#: there are no more. The only place that decides which image is worked on next.
+Claim = Callable[[], Awaitable[list[int] | None]]
+
+
+def claim_from(image_ids: list[int], per_claim: int = 1) -> Claim:
+    """A Claim over a fixed list, `per_claim` ids at a time."""
+    batches = iter([image_ids[i : i + per_claim] for i in range(0, len(image_ids), per_claim)])
+
+    async def claim() -> list[int] | None:
+        return next(batches, None)
+
+    return claim
+
+
+async def drive(claim: Claim, work: Callable[[list[int]], Awaitable[list[ImageOutcome]]], concurrency: int) -> list[ImageOutcome]:
+    """`concurrency` workers, each claiming a batch and awaiting `work` on it until `claim` runs dry."""
+    outcomes: list[ImageOutcome] = []
+
+    async def worker() -> None:
+        while (batch := await claim()) is not None:
+            outcomes.extend(await work(batch))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes

@@ -2,7 +2,7 @@
 
 Three stages, each a template with a name and a version:
 
-- sample  (`seke-prior`): the prior-knowledge prompt. It embeds the human
+- prior-sample (`seke-prior`): the prior-knowledge prompt. It embeds the human
   labels the image has and the emotion knowledge of models/knowledge.py, and
   asks only for the missing descriptions (paper Fig. 2: "use the annotated
   expression and valence-arousal to predict the activated AUs").
@@ -32,16 +32,18 @@ from typing import Any
 
 from models.knowledge import AU_DESCRIPTIONS, KNOWLEDGE_STATEMENTS
 from models.labels import ACTION_UNITS, EXPRESSIONS, FaceLabels, Task
+from models.vocab import Stage
 
-SAMPLE_STAGE = "sample"
-SUMMARY_STAGE = "summary"
-REWRITE_STAGE = "rewrite"
+# The stage names are the ones stored in vllm_calls.stage (models/vocab.py).
+SAMPLE_STAGE = Stage.SAMPLE
+SUMMARY_STAGE = Stage.SUMMARY
+REWRITE_STAGE = Stage.REWRITE
 
 #: (name, version) of each template; bump the version when its text changes.
 PRIOR_TEMPLATE = ("seke-prior", "1")
 SUMMARY_TEMPLATE = ("seke-summary", "1")
 REWRITE_TEMPLATE = ("seke-rewrite", "1")
-STAGE_OF_TEMPLATE: Mapping[str, str] = {
+STAGE_OF_TEMPLATE: Mapping[str, Stage] = {
     PRIOR_TEMPLATE[0]: SAMPLE_STAGE,
     SUMMARY_TEMPLATE[0]: SUMMARY_STAGE,
     REWRITE_TEMPLATE[0]: REWRITE_STAGE,
@@ -341,8 +343,8 @@ def read_marked_json(text: str, marker: str) -> Any | None:
     return None
 
 
-def prompt_stage(text: str) -> str | None:
-    """'sample', 'summary' or 'rewrite' from the prompt's first line; None for a foreign prompt."""
+def prompt_stage(text: str) -> Stage | None:
+    """The stage ('prior-sample', 'summary' or 'rewrite') from the prompt's first line; None for a foreign prompt."""
     first = text.split("\n", 1)[0]
     if not first.startswith(PROMPT_ID_MARKER):
         return None

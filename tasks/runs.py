@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from models.labels import Split
 from models.orm import Image, Run, RunCallTotal, RunImage, UAMCStep
+from models.vocab import ImageStatus, RunStatus
 from tasks.annotate import AnnotateConfig
 
 
@@ -127,21 +128,21 @@ def image_counts(session: Session, run_id: int) -> dict[str, int]:
     )
 
 
-def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> str:
+def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> RunStatus:
     """Mark the run completed (every image done), stopped (budget, cancel, interrupt) or failed; returns the status.
 
     Every worker of the run calls it as it ends; it is idempotent, and the
     last worker's call sees the final counts.
     """
     counts = image_counts(session, run_id)
-    unfinished = sum(n for status, n in counts.items() if status != "done")
+    unfinished = sum(n for status, n in counts.items() if status != ImageStatus.DONE)
     if not unfinished:
-        status, stop_reason = "completed", None
+        status, stop_reason = RunStatus.COMPLETED, None
     elif stop_reason:
-        status = "stopped"
+        status = RunStatus.STOPPED
     else:
-        status = "failed"
-        stop_reason = f"{counts.get('failed', 0)} images failed; re-run to retry them"
+        status = RunStatus.FAILED
+        stop_reason = f"{counts.get(ImageStatus.FAILED, 0)} images failed; re-run to retry them"
     session.execute(
         update(Run)
         .where(Run.id == run_id)

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from models.labels import ACTION_UNITS, EXPRESSIONS, Task
+from models.vocab import Decision
 
 #: Largest value of each task's un-normalised uncertainty (see module docstring).
 MAX_UNCERTAINTY = {Task.EXPRESSION: 1.0 - 1.0 / len(EXPRESSIONS), Task.VA: 1.0, Task.AU: 0.25}
@@ -102,7 +103,7 @@ class Step:
     u_max: float
     p_acc: float | None
     p: float | None
-    decision: str  # "sample" | "stop" | "max-reached"
+    decision: Decision
 
 
 def image_rng(seed: int, run_name: str, image_sha256: str) -> np.random.Generator:
@@ -116,10 +117,10 @@ def decide(step: int, tasks: Sequence[Task], samples: Sequence[Sample], config: 
     uncertainties = normalised_uncertainties(tasks, samples, config.normaliser)
     u_max = max(uncertainties.values(), default=0.0)
     if len(samples) >= config.max_samples:
-        return Step(step, len(samples), uncertainties, u_max, None, None, "max-reached")
+        return Step(step, len(samples), uncertainties, u_max, None, None, Decision.MAX_REACHED)
     p_acc = 0.5 + 0.5 * u_max  # Eq. 4
     p = float(rng.random())
-    return Step(step, len(samples), uncertainties, u_max, p_acc, p, "sample" if p < p_acc else "stop")
+    return Step(step, len(samples), uncertainties, u_max, p_acc, p, Decision.SAMPLE if p < p_acc else Decision.STOP)
 
 
 def initial_samples(config: UAMCConfig) -> int:

@@ -15,9 +15,9 @@ CallResult with the raw text and the reason, for UAMC to count and store.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
-from functools import lru_cache
 import io
 import math
 import random
@@ -26,11 +26,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletion
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from models.answers import extract_json_object, json_schema_for
 from core.config import Settings
@@ -39,6 +42,14 @@ from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPr
 from tasks.ratelimit import RateLimiter
 
 TRANSIENT_STATUS = frozenset({408, 409, 429})  # plus every 5xx
+
+#: Client-side caps (requests/min, tokens/min, per process) used when none are configured, by API host.
+#: api.openai.com: GPT-4o at a middle OpenAI usage tier (3,000 RPM, 2,000,000 TPM; ~32 SEKE calls/s at
+#: ~1,030 tokens a call). OpenAI sets limits per organisation, model and usage tier (your account's
+#: limits page): set SEKE_REQUESTS_PER_MINUTE / SEKE_TOKENS_PER_MINUTE to yours. Any other host (vLLM,
+#: SGLang, Ollama, the simulator) gets no client-side cap: its own queue is the limit, and 429/503
+#: answers are retried with backoff.
+HOSTED_RATE_LIMITS: dict[str, tuple[float, float]] = {"api.openai.com": (3000, 2_000_000)}
 
 
 class VLLMConfig(BaseModel):
@@ -54,8 +65,12 @@ class VLLMConfig(BaseModel):
     backoff_base_s: float = Field(default=1.0, gt=0, description="First backoff ceiling; doubles per attempt.")
     backoff_max_s: float = Field(default=60.0, gt=0, description="Largest backoff ceiling.")
     retry_after_max_s: float = Field(default=300.0, gt=0, description="Cap on a server's Retry-After.")
-    requests_per_minute: float = Field(default=3000, gt=0, description="Client-side cap, per process.")
-    tokens_per_minute: float = Field(default=2_000_000, gt=0, description="Client-side cap, per process.")
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="Client-side cap, per process; None: HOSTED_RATE_LIMITS for its host, else no cap."
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="Client-side cap, per process; None: HOSTED_RATE_LIMITS for its host, else no cap."
+    )
     rate_burst_s: float = Field(default=1.0, gt=0, description="Seconds of budget the limiter may spend at once.")
     image_max_side: int = Field(default=512, ge=16, description="Images larger than this are downscaled.")
     structured_output: bool = Field(
@@ -70,6 +85,14 @@ class VLLMConfig(BaseModel):
     sample_max_tokens: int = Field(default=400, gt=0)
     summary_max_tokens: int = Field(default=1000, gt=0)
     rewrite_max_tokens: int = Field(default=1000, gt=0)
+
+    @model_validator(mode="after")
+    def _hosted_defaults(self) -> VLLMConfig:
+        """A hosted provider's documented caps when none are configured; no cap for any other endpoint."""
+        host = urlsplit(self.base_url).hostname or ""
+        if self.requests_per_minute is None and self.tokens_per_minute is None and host in HOSTED_RATE_LIMITS:
+            self.requests_per_minute, self.tokens_per_minute = HOSTED_RATE_LIMITS[host]
+        return self
 
     @classmethod
     def from_settings(cls, settings: Settings, *, base_url: str | None = None, model: str | None = None) -> VLLMConfig:
@@ -88,7 +111,7 @@ class VLLMConfig(BaseModel):
         )
 
     def stage_params(self, stage: str) -> tuple[float, int]:
-        """(temperature, max_tokens) configured for 'sample', 'summary' or 'rewrite'."""
+        """(temperature, max_tokens) configured for a stage ('prior-sample', 'summary' or 'rewrite')."""
         if stage == SAMPLE_STAGE:
             return self.sample_temperature, self.sample_max_tokens
         if stage == SUMMARY_STAGE:
@@ -259,51 +282,60 @@ def _permanent_message(exc: openai.APIStatusError, config: VLLMConfig) -> str:
     return f"{where} rejected the request ({detail}); check the model accepts image input{hint}"
 
 
-class VLLMClient:
-    """Thread-safe: one per process, shared by the annotate threads (the limiter caps them together)."""
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image as sent: its data URL and what the call record says about it (built once per image)."""
 
-    def __init__(
-        self,
-        config: VLLMConfig,
-        *,
-        limiter: RateLimiter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    url: str
+    meta: dict[str, Any]
+
+    @classmethod
+    def of(cls, image: bytes, max_side: int) -> EncodedImage:
+        return cls(*encode_image(image, max_side))
+
+
+@dataclass(frozen=True)
+class _Request:
+    # The request body, sent as built: `client.post` skips the SDK's recursive transform of the params
+    # against its TypedDicts (measured ~1 ms a call with a data-URL image and a JSON schema).
+    params: dict[str, Any]
+    record: dict[str, Any]  # CallResult.request_params
+    estimate: int  # tokens the limiter reserves: prompt + image + max output
+
+
+def _no_cap(limit: float | None) -> float:
+    return float(limit) if limit is not None else 1e15  # "no cap" for one budget while the other has one
+
+
+class _ClientBase:
+    """What the sync and the async client share: the request, the limiter, the retry decision, the result."""
+
+    def __init__(self, config: VLLMConfig, limiter: RateLimiter | None) -> None:
         self.config = config
-        self._limiter = limiter or RateLimiter(
-            config.requests_per_minute, config.tokens_per_minute, burst_s=config.rate_burst_s
+        capped = config.requests_per_minute is not None or config.tokens_per_minute is not None
+        self._limiter = limiter or (
+            RateLimiter(_no_cap(config.requests_per_minute), _no_cap(config.tokens_per_minute), burst_s=config.rate_burst_s)
+            if capped
+            else None
         )
-        self._sleep = sleep
         self._rng = random.Random()
-        self._client = openai.OpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key.get_secret_value(),
-            timeout=config.timeout_s,
-            max_retries=0,  # see the module docstring: our loop is the only retry layer
-        )
+        self._client_kwargs: dict[str, Any] = {
+            "base_url": config.base_url,
+            "api_key": config.api_key.get_secret_value(),
+            "timeout": config.timeout_s,
+            "max_retries": 0,  # see the module docstring: our loop is the only retry layer
+        }
 
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> VLLMClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def complete(
+    def _request(
         self,
         stage: str,
         prompt: RenderedPrompt,
-        *,
-        image: bytes | None,
+        image: bytes | EncodedImage | None,
         answer_model: type[BaseModel],
         temperature: float,
         seed: int | None,
         max_tokens: int,
-    ) -> CallResult:
-        """One validated model call. Invalid output → CallResult(valid=False); only transport errors raise."""
-        started_at = datetime.now(UTC)
+    ) -> _Request:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.text}]
         record: dict[str, Any] = {
             "stage": stage,
@@ -320,10 +352,10 @@ class VLLMClient:
         }
         estimate = estimate_text_tokens(prompt.text) + max_tokens
         if image is not None:
-            url, meta = encode_image(image, self.config.image_max_side)
-            content.append({"type": "image_url", "image_url": {"url": url}})
-            record.update(meta)
-            estimate += image_tokens(*meta["image_sent_size"])
+            encoded = image if isinstance(image, EncodedImage) else EncodedImage.of(image, self.config.image_max_side)
+            content.append({"type": "image_url", "image_url": {"url": encoded.url}})
+            record.update(encoded.meta)
+            estimate += image_tokens(*encoded.meta["image_sent_size"])
         params: dict[str, Any] = {
             "model": self.config.model,
             "messages": [{"role": "user", "content": content}],
@@ -335,40 +367,28 @@ class VLLMClient:
             params["seed"] = seed
         if self.config.structured_output:
             params["response_format"] = json_schema_for(answer_model)
+        return _Request(params, record, estimate)
 
-        attempt = 0
-        while True:
-            attempt += 1
-            self._limiter.acquire(estimate)
-            sent = time.monotonic()
-            try:
-                completion = self._client.chat.completions.create(**params)
-            except openai.APIStatusError as exc:
-                self._limiter.settle(estimate, 0)
-                transient = exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500
-                if not transient or exc.code == "insufficient_quota":
-                    raise PermanentCallError(_permanent_message(exc, self.config), exc.status_code) from exc
-                last_error = _status_detail(exc)
-                server_wait = retry_after_s(exc.response.headers)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
-                self._limiter.settle(estimate, 0)
-                last_error = f"{type(exc).__name__}: {exc.message}"
-                server_wait = None
-            else:
-                latency = time.monotonic() - sent
-                break
-            if attempt >= self.config.max_attempts:
-                raise TransientCallError(attempt, last_error)
-            self._sleep(backoff_s(attempt, self.config, self._rng, server_wait))
-
-        return self._result(completion, answer_model, record, estimate, max_tokens, latency, attempt, started_at)
+    def _failed_attempt(self, exc: openai.APIError, estimate: int, attempt: int) -> float:
+        """After a failed attempt: the backoff to sleep, or raise when retrying cannot help or attempts are used up."""
+        if self._limiter is not None:
+            self._limiter.settle(estimate, 0)
+        if isinstance(exc, openai.APIStatusError):
+            transient = exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500
+            if not transient or exc.code == "insufficient_quota":
+                raise PermanentCallError(_permanent_message(exc, self.config), exc.status_code) from exc
+            last_error, server_wait = _status_detail(exc), retry_after_s(exc.response.headers)
+        else:  # APIConnectionError, including APITimeoutError
+            last_error, server_wait = f"{type(exc).__name__}: {exc.message}", None
+        if attempt >= self.config.max_attempts:
+            raise TransientCallError(attempt, last_error) from exc
+        return backoff_s(attempt, self.config, self._rng, server_wait)
 
     def _result(
         self,
         completion: Any,
         answer_model: type[BaseModel],
-        record: dict[str, Any],
-        estimate: int,
+        request: _Request,
         max_tokens: int,
         latency: float,
         attempts: int,
@@ -390,12 +410,13 @@ class VLLMClient:
             if error and finish_reason == "length":
                 error += f" (output cut at max_tokens={max_tokens}; raise this stage's max_tokens)"
         usage = getattr(completion, "usage", None)
-        tokens_in = getattr(usage, "prompt_tokens", None) or (estimate - max_tokens)
+        tokens_in = getattr(usage, "prompt_tokens", None) or (request.estimate - max_tokens)
         tokens_out = getattr(usage, "completion_tokens", None) or estimate_text_tokens(raw)
-        self._limiter.settle(estimate, tokens_in + tokens_out)
+        if self._limiter is not None:
+            self._limiter.settle(request.estimate, tokens_in + tokens_out)
         cost = (tokens_in * self.config.price_in_per_mtok + tokens_out * self.config.price_out_per_mtok) / 1e6
         return CallResult(
-            request_params=record,
+            request_params=request.record,
             raw_text=raw,
             parsed=parsed,
             valid=error is None,
@@ -411,3 +432,100 @@ class VLLMClient:
             response_model=getattr(completion, "model", None),
             system_fingerprint=getattr(completion, "system_fingerprint", None),
         )
+
+
+class VLLMClient(_ClientBase):
+    """Thread-safe: one per process, shared by threads (the limiter caps them together)."""
+
+    def __init__(
+        self,
+        config: VLLMConfig,
+        *,
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(config, limiter)
+        self._sleep = sleep
+        self._client = openai.OpenAI(**self._client_kwargs)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> VLLMClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def complete(
+        self,
+        stage: str,
+        prompt: RenderedPrompt,
+        *,
+        image: bytes | EncodedImage | None,
+        answer_model: type[BaseModel],
+        temperature: float,
+        seed: int | None,
+        max_tokens: int,
+    ) -> CallResult:
+        """One validated model call. Invalid output → CallResult(valid=False); only transport errors raise."""
+        started_at = datetime.now(UTC)
+        request = self._request(stage, prompt, image, answer_model, temperature, seed, max_tokens)
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._limiter is not None:
+                self._limiter.acquire(request.estimate)
+            sent = time.monotonic()
+            try:
+                completion = self._client.post("/chat/completions", body=request.params, cast_to=ChatCompletion)
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:
+                self._sleep(self._failed_attempt(exc, request.estimate, attempt))
+                continue
+            latency = time.monotonic() - sent
+            return self._result(completion, answer_model, request, max_tokens, latency, attempt, started_at)
+
+
+class AsyncVLLMClient(_ClientBase):
+    """The same calls from coroutines: one per event loop (its HTTP connections belong to that loop)."""
+
+    def __init__(self, config: VLLMConfig, *, limiter: RateLimiter | None = None) -> None:
+        super().__init__(config, limiter)
+        self._client = openai.AsyncOpenAI(**self._client_kwargs)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncVLLMClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def complete(
+        self,
+        stage: str,
+        prompt: RenderedPrompt,
+        *,
+        image: bytes | EncodedImage | None,
+        answer_model: type[BaseModel],
+        temperature: float,
+        seed: int | None,
+        max_tokens: int,
+    ) -> CallResult:
+        """As VLLMClient.complete, awaiting the limiter, the endpoint and the backoff."""
+        started_at = datetime.now(UTC)
+        request = self._request(stage, prompt, image, answer_model, temperature, seed, max_tokens)
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._limiter is not None:
+                await self._limiter.acquire_async(request.estimate)
+            sent = time.monotonic()
+            try:
+                completion = await self._client.post("/chat/completions", body=request.params, cast_to=ChatCompletion)
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:
+                await asyncio.sleep(self._failed_attempt(exc, request.estimate, attempt))
+                continue
+            latency = time.monotonic() - sent
+            return self._result(completion, answer_model, request, max_tokens, latency, attempt, started_at)
