@@ -63,7 +63,7 @@ from tasks.leases import claim, expire_dead_local, new_worker_id, next_expiry_s,
 from tasks.ratelimit import RateLimiter
 from tasks.runs import RunReport, close_run, image_counts, open_run, request_stop, run_report, stop_requested
 from tasks.shared_limit import SharedRateLimit, bucket_key
-from tasks.vllm import VLLMConfig
+from tasks.vllm import VLLMConfig, uncapped
 
 
 class ProgressReporter:
@@ -296,17 +296,11 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
     progress = ProgressReporter(create_progress_artifact(100.0 * done / max(total, 1), description=f"run {params.run_name}: starting"), total, done)
     # The endpoint's caps, shared with every other worker through PostgreSQL; no cap, nothing to share.
     limiter = None
-    if vllm_config.requests_per_minute and vllm_config.tokens_per_minute:
-        shared = SharedRateLimit(
-            get_engine(settings, concurrency),
-            bucket_key(vllm_config.base_url, vllm_config.model),
-            vllm_config.requests_per_minute,
-            vllm_config.tokens_per_minute,
-            burst_s=vllm_config.rate_burst_s,
-        )
-        limiter = RateLimiter(
-            vllm_config.requests_per_minute, vllm_config.tokens_per_minute, burst_s=vllm_config.rate_burst_s, shared=shared
-        )
+    if vllm_config.requests_per_minute or vllm_config.tokens_per_minute:
+        rpm, tpm = uncapped(vllm_config.requests_per_minute), uncapped(vllm_config.tokens_per_minute)
+        key = bucket_key(vllm_config.base_url, vllm_config.model)
+        shared = SharedRateLimit(get_engine(settings, concurrency), key, rpm, tpm, burst_s=vllm_config.rate_burst_s)
+        limiter = RateLimiter(rpm, tpm, burst_s=vllm_config.rate_burst_s, shared=shared)
     annotator = Annotator(
         run_id=params.run_id,
         run_name=params.run_name,

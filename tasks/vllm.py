@@ -303,7 +303,7 @@ class _Request:
     estimate: int  # tokens the limiter reserves: prompt + image + max output
 
 
-def _no_cap(limit: float | None) -> float:
+def uncapped(limit: float | None) -> float:
     return float(limit) if limit is not None else 1e15  # "no cap" for one budget while the other has one
 
 
@@ -314,7 +314,7 @@ class _ClientBase:
         self.config = config
         capped = config.requests_per_minute is not None or config.tokens_per_minute is not None
         self._limiter = limiter or (
-            RateLimiter(_no_cap(config.requests_per_minute), _no_cap(config.tokens_per_minute), burst_s=config.rate_burst_s)
+            RateLimiter(uncapped(config.requests_per_minute), uncapped(config.tokens_per_minute), burst_s=config.rate_burst_s)
             if capped
             else None
         )
