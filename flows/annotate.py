@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -35,6 +35,7 @@ from core.db import get_engine, session_factory
 from core.store import open_store
 from core.version import code_version
 from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome, spent
+from tasks.schedule import expand_run_name
 from tasks.runs import RunReport, close_run, open_run, run_lock, run_report, unfinished_images
 from tasks.vllm import VLLMClient, VLLMConfig
 
@@ -179,6 +180,8 @@ def annotate_flow(
     flow parameters.
     """
     logger = get_run_logger()
+    # A schedule's runs share one pattern: `nightly-{scheduled:%Y%m%d}` names each after its own start time.
+    run_name = expand_run_name(run_name, flow_run.scheduled_start_time)
     settings = get_settings()
     config = config or AnnotateConfig()
     sessions = session_factory(settings)

@@ -510,3 +510,75 @@ def audit(
     with _endpoint(settings) as (base_url, model):
         result = audit_flow(name=name, limit=limit, base_url=base_url, model=model, seed=seed, concurrency=concurrency)
     console.print(Markdown(result["table"]))
+
+
+schedule_app = typer.Typer(help="Recurring annotate runs: schedules on the Prefect server's annotate deployment.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@contextmanager
+def _usage_errors(hint: str) -> Iterator[None]:
+    """A ValueError from the logic below becomes a usage error naming `hint`."""
+    try:
+        yield
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
+@schedule_app.command("create")
+def schedule_create(
+    name: Annotated[str, typer.Argument(help="Schedule name (its slug): pause and delete use it.")],
+    run: Annotated[str, typer.Option("--run", help="Run name, or a pattern such as nightly-{scheduled:%Y%m%d}.")],
+    cron: Annotated[str | None, typer.Option(help="Cron expression, e.g. '0 2 * * *'.")] = None,
+    interval: Annotated[str | None, typer.Option(help="Instead of --cron: every 90s, 15m, 6h, 1d.")] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron expression.")] = "UTC",
+    limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
+    max_cost: Annotated[float | None, typer.Option(min=0, help="Budget of each run in dollars.")] = None,
+    max_calls: Annotated[int | None, typer.Option(min=1, help="Budget of each run in calls.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes of each run.")] = None,
+) -> None:
+    """Put a cron or interval schedule with annotate parameters on the annotate deployment (needs PREFECT_API_URL)."""
+    from flows.schedules import create_schedule
+    from tasks.schedule import AnnotateSchedule
+
+    spec = AnnotateSchedule(run, limit=limit, max_cost_usd=max_cost, max_calls=max_calls, concurrency=concurrency, workers=workers)
+    with _usage_errors("NAME / --cron / --interval / --run"):
+        row = create_schedule(name, spec, cron=cron, interval=interval, timezone_name=timezone)
+    console.print(f"[green]schedule {name}[/green] on annotate/annotate: {row.when}, parameters {row.parameters}")
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """The annotate deployment's schedules and their parameters."""
+    from flows.schedules import list_schedules
+
+    with _usage_errors("PREFECT_API_URL"):
+        rows = list_schedules()
+    table = Table("name", "when", "active", "parameters", title="schedules of annotate/annotate")
+    for row in rows:
+        table.add_row(str(row.slug), row.when, "yes" if row.active else "paused", str(row.parameters))
+    console.print(table)
+
+
+@schedule_app.command("pause")
+def schedule_pause(
+    name: str,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume a paused schedule instead.")] = False,
+) -> None:
+    """Pause a schedule (no new runs) or, with --resume, start it again."""
+    from flows.schedules import set_active
+
+    with _usage_errors("NAME"):
+        set_active(name, active=resume)
+    console.print(f"schedule {name} {'resumed' if resume else 'paused'}")
+
+
+@schedule_app.command("delete")
+def schedule_delete(name: str) -> None:
+    """Remove a schedule."""
+    from flows.schedules import delete_schedule
+
+    with _usage_errors("NAME"):
+        delete_schedule(name)
+    console.print(f"schedule {name} deleted")
