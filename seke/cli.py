@@ -427,8 +427,8 @@ def pipeline(
     _print_report(result["annotate"])
     if "benchmark" in result:
         _print_scores(result["benchmark"])
-    elif "finetune_flow_run_id" in result:
-        console.print(f"fine-tune deployment started: flow run {result['finetune_flow_run_id']}")
+    elif "message" in result:
+        console.print(result["message"])
 
 
 @app.command()
