@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -202,6 +202,8 @@ def annotate(
     no_prior: Annotated[bool, typer.Option("--no-prior", help="Ablation: no human labels or knowledge in prompts.")] = False,
     no_uamc: Annotated[bool, typer.Option("--no-uamc", help="Ablation: one sample per image.")] = False,
     max_samples: Annotated[int, typer.Option(min=1, help="UAMC's N.")] = 5,
+    plan: Annotated[bool, typer.Option("--plan", help="Print expected calls, tokens, dollars and time; annotate nothing.")] = False,
+    pilot: Annotated[int | None, typer.Option(min=1, help="With --plan: measure on K of the run's images first (paid, run <run>-pilot).")] = None,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
     _prefect_defaults()
@@ -212,6 +214,16 @@ def annotate(
     settings = get_settings()
     _ready(settings)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
+    if pilot and not plan:
+        raise typer.BadParameter("--pilot goes with --plan", param_hint="--pilot")
+    if plan:
+        from flows.plan import plan_annotate
+
+        with _endpoint(settings) if pilot else nullcontext((None, None)) as (base_url, model):
+            _print_plan(
+                plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model)
+            )
+        return
     with _endpoint(settings) as (base_url, model):
         result = annotate_flow(
             run_name=run,
@@ -226,6 +238,26 @@ def annotate(
             model=model,
         )
     _print_report(result)
+
+
+def _print_plan(plan) -> None:
+    """The plan's ranges, one row each."""
+
+    def span(r, fmt: str) -> str:
+        return f"{fmt.format(r.low)} – {fmt.format(r.high)}"
+
+    def hours(seconds: float) -> str:
+        return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+    table = Table(show_header=False, title=f"plan: {plan.images} images ({plan.images_to_sample} to sample), from {plan.basis}")
+    table.add_row("calls", span(plan.calls, "{:,.0f}"))
+    table.add_row("tokens in", span(plan.tokens_in, "{:,.0f}"))
+    table.add_row("tokens out", span(plan.tokens_out, "{:,.0f}"))
+    table.add_row("cost", span(plan.cost_usd, "${:,.2f}"))
+    table.add_row("wall time", f"{hours(plan.wall_s.low)} – {hours(plan.wall_s.high)}")
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"[dim]{note}[/dim]")
 
 
 def _print_report(report: dict) -> None:
