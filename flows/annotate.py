@@ -35,6 +35,7 @@ from core.db import get_engine, session_factory
 from core.store import open_store
 from core.version import code_version
 from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome, spent
+from flows.progress import report
 from tasks.schedule import expand_run_name
 from tasks.runs import RunReport, close_run, open_run, run_lock, run_report, unfinished_images
 from tasks.vllm import VLLMClient, VLLMConfig
@@ -56,6 +57,7 @@ class ProgressReporter:
         with self._lock:
             self.done += outcome.status == "done"
             self.failed += outcome.status == "failed"
+            report("annotate", self.done + self.failed, self.total, budget.cost_usd)
             now = time.monotonic()
             if now - self._last < self.interval_s:
                 return

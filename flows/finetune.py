@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from flows.progress import report
 from models.orm import Checkpoint, Export, TrainingRun
 from core.config import Settings, get_settings
 from core.db import session_factory
@@ -175,6 +176,7 @@ def finetune_flow(
                 uploaded.add(checkpoint.name)
 
         def on_step(log: StepLog) -> None:
+            report("finetune", log.step, log.total_steps)
             if log.step == 1 or log.step % 10 == 0 or log.step == log.total_steps:
                 logger.info("step %s/%s loss %.4f lr %.2e", log.step, log.total_steps, log.loss, log.learning_rate)
             push_new_checkpoints()

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.markdown import Markdown
 from rich.table import Table
 
@@ -26,18 +25,23 @@ app.add_typer(db_app, name="db")
 app.add_typer(images_app, name="images")
 
 console = Console()
+#: --verbose: Prefect's own logs on the console too (they always go to the API and <state_dir>/logs/prefect.log).
+_verbose = False
 
 
-def progress_bar() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs on the console too.")] = False,
+) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def _bars():
+    """One rich bar per long stage (done/total, rate, $, ETA), fed by flows/progress.py."""
+    from flows.progress import ProgressBars
+
+    return ProgressBars(console)
 
 
 def _ready(settings: Settings) -> None:
@@ -80,14 +84,11 @@ def import_(
     options = ImportOptions(
         frame_stride=frame_stride, au_threshold=au_threshold, crop_faces=crop_faces, frames_dir=frames_dir
     )
-    with progress_bar() as progress:
-        task = progress.add_task(f"importing {format} from {path}", total=None)
+    from flows.progress import advance
+
+    with _bars():
         report = ingest(
-            READERS[format](path, options),
-            path,
-            session_factory(settings),
-            open_store(settings),
-            on_item=lambda: progress.advance(task),
+            READERS[format](path, options), path, session_factory(settings), open_store(settings), on_item=lambda: advance("import")
         )
     console.print(
         f"[green]{report.imported} images imported[/green], {report.labels} human labels, "
@@ -155,21 +156,10 @@ app.add_typer(simulator_app, name="simulator")
 
 
 def _prefect_defaults() -> None:
-    """Environment defaults for the flows this process runs; anything already set wins.
+    """Prefect for the flows this process runs (core/logs.py): before Prefect is imported."""
+    from core.logs import embedded_prefect
 
-    - the recorder batch size measured to keep the Prefect API's task-run counts true at scale (DESIGN.md);
-    - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
-      state directories never share, and lock, one database;
-    - no analytics heartbeat (nothing outside this machine is reachable anyway);
-    - no Hugging Face progress bars between our own.
-    """
-    import os
-
-    state = get_settings().resolved_state_dir
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
-    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    embedded_prefect(get_settings().resolved_state_dir, verbose=_verbose)
 
 
 @contextmanager
@@ -224,7 +214,7 @@ def annotate(
                 plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model)
             )
         return
-    with _endpoint(settings) as (base_url, model):
+    with _endpoint(settings) as (base_url, model), _bars():
         result = annotate_flow(
             run_name=run,
             config=config,
@@ -393,7 +383,8 @@ def finetune(
 
     settings = get_settings()
     _ready(settings)
-    result = finetune_flow(name=name, export_id=export_id, base_model=base_model, train_config=_train_config(config))
+    with _bars():
+        result = finetune_flow(name=name, export_id=export_id, base_model=base_model, train_config=_train_config(config))
     console.print(f"[green]trained[/green] {name}: loss {result['first_loss']:.3f} → {result['last_loss']:.3f} in {result['steps']} steps; model at {result['final_uri']}")
 
 
@@ -414,6 +405,7 @@ def benchmark(
     _ready(settings)
     run_name = name or "feab-" + model.replace("/", "-").replace(":", "-")
     with ExitStack() as stack:
+        stack.enter_context(_bars())
         if endpoint and not (base_url or settings.vllm_base_url):
             # Nothing configured: rehearse against the simulator, whose model name replaces --model.
             base_url, model = stack.enter_context(_endpoint(settings))
@@ -451,7 +443,7 @@ def pipeline(
 
     settings = get_settings()
     _ready(settings)
-    with _endpoint(settings) as (base_url, model):
+    with _endpoint(settings) as (base_url, model), _bars():
         result = pipeline_flow(
             run_name=run, limit=limit, base_url=base_url, model=model, base_model=base_model,
             train_config=_train_config(config), via_deployments=via_deployments,
@@ -488,17 +480,23 @@ def demo(
     console.print(f"{sum(counts.values())} faces written to {data}")
     console.rule("2. import (validate, store, record human labels) and subject split")
     sessions, store = session_factory(settings), open_store(settings)
-    with progress_bar() as progress:
+    from flows.progress import advance
+
+    problems = []
+    with _bars():
         for name in READERS:
-            task = progress.add_task(f"import {name}", total=counts.get(name))
-            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda task=task: progress.advance(task))
-            for problem in report.problems:
-                console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
+            report = ingest(
+                READERS[name](data / name, ImportOptions()), data / name, sessions, store,
+                on_item=lambda: advance("import", total=sum(counts.values())),
+            )  # fmt: skip
+            problems += report.problems
+    for problem in problems:
+        console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
     with session_scope(settings) as session:
         assign_splits(session, seed=0)
     images_stats()
     console.rule("3. SEKE annotation on the simulator" + (", fine-tune and benchmark" if train else ""))
-    with _endpoint(settings) as (base_url, model):
+    with _endpoint(settings) as (base_url, model), _bars():
         if train:
             result = pipeline_flow(run_name="demo", base_url=base_url, model=model, train_config=DEMO_TRAIN_CONFIG)
         else:
