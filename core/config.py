@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     vllm_max_attempts: int = Field(default=6, ge=1, description="Attempts per call on transient failures (429, 5xx, timeouts).")
     vllm_backoff_base_s: float = Field(default=1.0, gt=0, description="First retry backoff ceiling; doubles per attempt.")
     concurrency: int = Field(default=32, gt=0, le=512, description="Images annotated at once.")
+    price_in_per_mtok: float = Field(default=2.5, ge=0, description="USD per million prompt tokens (default: GPT-4o).")
+    price_out_per_mtok: float = Field(default=10.0, ge=0, description="USD per million output tokens (default: GPT-4o).")
     prefect_concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit each image holds a slot of: a coarse cap across processes.",
