@@ -27,8 +27,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
 from core.config import Settings
 from core.db import session_scope
+from flows.schedules import list_schedules
 from models.orm import Run
 from simulator.server import SimulatorConfig, running_simulator
 from tests.conftest import free_port
@@ -98,17 +101,16 @@ def run(env: dict[str, str], *command: str, timeout: float = 60) -> str:
     return done.stdout
 
 
-def seke(env: dict[str, str], *args: str) -> str:
-    """`seke …` in this process (typer's runner), against the server: one import of Prefect, not one per call."""
+def seke(env: dict[str, str], *args: str) -> None:
+    """`seke …` in this process, against the server: one import of Prefect, not one per call."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from typer.testing import CliRunner
 
     from seke.cli import app
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, f"seke {' '.join(args)} exited {result.exit_code}:\n{result.output}\n{result.exception!r}"
-    return result.output
+        # standalone_mode=False: errors raise here instead of exiting, and the real streams stay in place
+        # (a runner's swapped streams, closed afterwards, would be kept by loggers set up meanwhile).
+        app(list(args), standalone_mode=False)
 
 
 #: Runs each command line given as an argument through `prefect`'s own entry point, in one process
@@ -163,7 +165,10 @@ def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[
     scheduled = wait_for("runs from the cron schedule", lambda: [r for r in annotate_runs(env) if r.state_type.value == "SCHEDULED"], 30)
     assert all(r.expected_start_time.second == 0 for r in scheduled)
     assert all(r.parameters == {"run_name": "cron-{scheduled:%H%M}", "limit": 2} for r in scheduled)
-    assert "every-minute" in seke(env, "schedule", "list")
+    seke(env, "schedule", "list")
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        [listed] = list_schedules()
+    assert (listed.slug, listed.active, listed.parameters["limit"]) == ("every-minute", True, 2)
     seke(env, "schedule", "pause", "every-minute")
     seke(env, "schedule", "delete", "every-minute")
     assert not [r for r in annotate_runs(env) if r.state_type.value == "SCHEDULED"]
