@@ -170,8 +170,10 @@ def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[
         [listed] = list_schedules()
     assert (listed.slug, listed.active, listed.parameters["limit"]) == ("every-minute", True, 2)
     seke(env, "schedule", "pause", "every-minute")
+    assert not [r for r in annotate_runs(env) if r.state_type.value == "SCHEDULED"], "pausing removes waiting runs"
     seke(env, "schedule", "delete", "every-minute")
-    assert not [r for r in annotate_runs(env) if r.state_type.value == "SCHEDULED"]
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        assert list_schedules() == []
 
     # Interval (due within seconds, where cron waits for the next minute): a worker runs it to completion.
     with running_simulator(SimulatorConfig()) as base_url:
@@ -186,9 +188,10 @@ def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
         }
+        worker_log = data.state_dir.parent / "worker.log"  # a file, not a pipe nobody reads while it fills
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--type", "process"],
-            env=worker_env, cwd=data.state_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=worker_env, cwd=data.state_dir.parent, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
             seke(env, "schedule", "create", "soon", "--interval", "5s", "--run", "sched-{scheduled:%Y%m%d}", "--limit", "3")
@@ -206,8 +209,8 @@ def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[
             )
         finally:
             worker.terminate()
-            worker_output = worker.communicate(timeout=30)[0]
-    assert final.state_type.value == "COMPLETED", worker_output[-3000:]
+            worker.wait(timeout=30)
+    assert final.state_type.value == "COMPLETED", worker_log.read_text()[-3000:]
 
     run_name = "sched-" + first.expected_start_time.strftime("%Y%m%d")
     with session_scope(data) as session:
