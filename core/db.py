@@ -57,10 +57,23 @@ def display_url(settings: Settings) -> str:
     return make_url(database_url(settings)).render_as_string(hide_password=True)
 
 
-@cache
+#: One engine (and pool) per URL for the life of the process.
+_engines: dict[str, Engine] = {}
+
+
 def _engine(url: str) -> Engine:
-    # pool_pre_ping: a server restarted between runs must not surface as a broken connection.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+    engine = _engines.get(url)
+    if engine is None:
+        # pool_pre_ping: a server restarted between runs must not surface as a broken connection.
+        engine = _engines.setdefault(url, create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40))
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every engine's idle connections (they reopen on next use): the test suite calls it after
+    each test, whose databases would otherwise keep up to 10 idle connections each."""
+    for engine in list(_engines.values()):
+        engine.dispose()
 
 
 def get_engine(settings: Settings) -> Engine:

@@ -29,6 +29,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def _close_idle_connections() -> Iterator[None]:
+    """After each test, its engines' idle pools are closed: together they would pass max_connections."""
+    yield
+    from core.db import dispose_engines
+
+    dispose_engines()
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     """A URL of a server on which the tests may create databases."""

@@ -7,13 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.config import Settings
-from core.db import get_engine
 from simulator.server import SimulatorConfig, running_simulator
 from tests.helpers import prepared_settings
 
@@ -21,10 +19,8 @@ SEKE = str(Path(sys.executable).parent / "seke")
 
 
 @pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path) -> Iterator[Settings]:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    yield settings
-    get_engine(settings).dispose()  # its idle pool would count against the test server's connection limit
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path) -> Settings:
+    return prepared_settings(postgres_admin_url, tmp_path, demo)
 
 
 def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(fresh: Settings, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from sqlalchemy import func, select
 
 from models.orm import BenchmarkAnswer, BenchmarkRun, Checkpoint, Export, Image, TrainingRun
 from core.config import Settings
-from core.db import get_engine, session_scope
+from core.db import session_scope
 from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
 from tests.helpers import prepared_settings, use
@@ -34,11 +33,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     settings = prepared_settings(postgres_admin_url, tmp_path, demo)
     use(settings, monkeypatch)
-    yield settings
-    get_engine(settings).dispose()  # its idle pool would count against the test server's connection limit
+    return settings
 
 
 def test_pipeline_records_lineage_and_reruns_without_redoing_work(fresh: Settings) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.config import Settings
-from core.db import get_engine
 from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
 from tasks.plan import Range, expected_samples, pilot_images
@@ -36,11 +34,10 @@ def test_pilot_images_spread_over_the_strata() -> None:
 
 
 @pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     settings = prepared_settings(postgres_admin_url, tmp_path, demo)
     use(settings, monkeypatch)
-    yield settings
-    get_engine(settings).dispose()  # its idle pool would count against the test server's connection limit
+    return settings
 
 
 def test_plan_is_within_15_percent_of_a_simulator_run_of_the_same_images(fresh: Settings) -> None:

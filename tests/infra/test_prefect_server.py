@@ -30,7 +30,7 @@ from sqlalchemy import select
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.config import Settings
-from core.db import get_engine, session_scope
+from core.db import session_scope
 from flows.schedules import list_schedules
 from models.orm import Run
 from simulator.server import SimulatorConfig, running_simulator
@@ -146,14 +146,12 @@ def annotate_runs(env: dict[str, str]) -> list:
 
 
 @pytest.fixture(scope="module")
-def data(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def data(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from tasks.demo_data import write_demo_data
 
     root = tmp_path_factory.mktemp("scheduled")
     write_demo_data(root / "demo", n=40, seed=5)
-    settings = prepared_settings(postgres_admin_url, root, root / "demo")
-    yield settings
-    get_engine(settings).dispose()  # its idle pool would count against the test server's connection limit
+    return prepared_settings(postgres_admin_url, root, root / "demo")
 
 
 def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[str, Any], data: Settings) -> None:
