@@ -213,6 +213,7 @@ def simulator_process(latency_ms: float = 0.0) -> Iterator[SimulatorProcess]:
 def prefect_api() -> Iterator[None]:
     """A temporary Prefect API server with the task-run recorder batch size of RECORDER_BATCH_SIZE."""
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", RECORDER_BATCH_SIZE)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no "Failed to send telemetry"
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

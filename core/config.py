@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     write_buffer_ms: float = Field(
         default=100.0, gt=0, description="Annotate: most milliseconds a call row waits before its batch is committed."
     )
+    price_in_per_mtok: float = Field(default=2.5, ge=0, description="USD per million prompt tokens (default: GPT-4o).")
+    price_out_per_mtok: float = Field(default=10.0, ge=0, description="USD per million output tokens (default: GPT-4o).")
     prefect_concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit each image holds a slot of: a coarse cap across processes.",

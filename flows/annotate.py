@@ -64,6 +64,8 @@ from tasks.ratelimit import RateLimiter
 from tasks.runs import RunReport, close_run, image_counts, open_run, request_stop, run_report, stop_requested
 from tasks.shared_limit import SharedRateLimit, bucket_key
 from tasks.vllm import VLLMConfig, uncapped
+from flows.progress import report
+from tasks.schedule import expand_run_name
 
 
 class ProgressReporter:
@@ -82,6 +84,7 @@ class ProgressReporter:
         with self._lock:
             self.done += outcome.status == "done"
             self.failed += outcome.status == "failed"
+            report("annotate", self.done + self.failed, self.total, budget.cost_usd)
             now = time.monotonic()
             if now - self._last < self.interval_s:
                 return
@@ -393,6 +396,8 @@ def annotate_flow(
     flow parameters.
     """
     logger = get_run_logger()
+    # A schedule's runs share one pattern: `nightly-{scheduled:%Y%m%d}` names each after its own start time.
+    run_name = expand_run_name(run_name, flow_run.scheduled_start_time)
     settings = get_settings()
     config = config or AnnotateConfig()
     sessions = session_factory(settings, concurrency)

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sqlalchemy import select
 
 from flows.finetune import local_checkpoint
+from flows.progress import advance
 from models.names import Name, slug
 from models.orm import BenchmarkRun
 from core.config import get_settings
@@ -99,6 +100,7 @@ def benchmark_flow(
 
         def on_answer(item, text: str) -> None:
             store_answer(sessions, run_id, item.image_id, text, fallback)
+            advance("benchmark", total=len(todo))
 
         if todo and kind == "endpoint":
             client = stack.enter_context(client_for(model))

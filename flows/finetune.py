@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from flows.progress import report
 from models.names import Name
 from models.orm import Checkpoint, Export, TrainingRun
 from core.config import Settings, get_settings
@@ -236,6 +237,7 @@ def finetune_flow(
         last = {"tokens": None, "elapsed": 0.0}
 
         def on_step(log: dict[str, Any]) -> None:
+            report("finetune", log["step"], log["total_steps"])
             # tokens/s over the last step (the launcher's own figure when it sends one).
             rate = log.get("tokens_per_s")
             if rate is None and last["tokens"] is not None and log["elapsed_s"] > last["elapsed"]:

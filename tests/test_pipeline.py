@@ -117,6 +117,38 @@ def test_retried_deployment_trigger_does_not_start_a_duplicate() -> None:
     assert asyncio.run(count_runs()) == 2
 
 
+def test_pipeline_via_deployments_says_what_it_submitted_and_what_was_already_done(fresh: Settings) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Completed
+
+    from flows.finetune import finetune_flow
+    from flows.pipeline import pipeline_flow
+
+    async def create_pool() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="gpu", type="process"), overwrite=True)
+
+    asyncio.run(create_pool())
+    finetune_flow.to_deployment(name="finetune", work_pool_name="gpu").apply()
+    config = AnnotateConfig(rewrite_with_llm=False)
+    with running_simulator(SimulatorConfig()) as base_url:
+        kwargs = dict(run_name="submitted", limit=4, annotate_config=config, base_url=base_url, model="seke-simulator", via_deployments=True)
+        first = pipeline_flow(**kwargs, return_state=True)
+        again = pipeline_flow(**kwargs, return_state=True)
+        flow_run_id = first.result()["finetune_flow_run_id"]
+        # A worker finished the fine-tune in the meantime: a re-run says so instead of "submitted".
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Completed(), force=True)
+        done = pipeline_flow(**kwargs, return_state=True)
+
+    assert first.name == "Submitted" and first.message.startswith("submitted fine-tune flow run")
+    assert flow_run_id in first.message and "starts the benchmark" in first.message
+    assert again.name == "Already submitted" and again.message.startswith("already submitted:")
+    assert done.message.startswith("already done: fine-tune flow run") and done.message.endswith("Completed")
+    assert again.result()["finetune_flow_run_id"] == done.result()["finetune_flow_run_id"] == flow_run_id
+
+
 def test_answers_no_parser_can_read_go_to_the_llm_parser(fresh: Settings, tmp_path: Path) -> None:
     from flows.benchmark import benchmark_flow
     from tasks.train.tiny import build_tiny_llava

@@ -1,0 +1,57 @@
+"""What a user sees: `seke annotate` on a fresh machine prints a progress bar and its report, no
+Prefect log lines and no warnings; the logs are in <state_dir>/logs/prefect.log, and on the console
+with --verbose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from simulator.server import SimulatorConfig, running_simulator
+from tests.helpers import prepared_settings
+
+SEKE = str(Path(sys.executable).parent / "seke")
+
+
+@pytest.fixture
+def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path) -> Settings:
+    return prepared_settings(postgres_admin_url, tmp_path, demo)
+
+
+def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(fresh: Settings, tmp_path: Path) -> None:
+    state = tmp_path / "fresh" / "state"  # does not exist yet: a first run
+    home = tmp_path / "fresh" / "home"
+    home.mkdir(parents=True)
+    with running_simulator(SimulatorConfig()) as base_url:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "SEKE_"))}
+        env.update(
+            HOME=str(home),
+            SEKE_STATE_DIR=str(state),
+            SEKE_DATABASE_URL=fresh.database_url.get_secret_value(),
+            SEKE_STORE_URL=fresh.store_url,
+            SEKE_VLLM_BASE_URL=base_url,
+            SEKE_VLLM_MODEL="seke-simulator",
+            COLUMNS="120",
+        )
+
+        def seke(*args: str) -> subprocess.CompletedProcess:
+            done = subprocess.run([SEKE, *args], env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+            return done
+
+        quiet = seke("annotate", "--run", "quiet", "--limit", "3")
+        loud = seke("--verbose", "annotate", "--run", "quiet", "--limit", "3")
+
+    console = quiet.stdout + quiet.stderr
+    assert "3/3" in quiet.stdout and "images/s" in quiet.stdout  # the bar: done/total, rate
+    assert "run quiet: completed" in quiet.stdout  # the report
+    for noise in ("Task run", "Flow run", "Warning", "UserWarning", "Failed to create the Prefect home", "telemetry", "INFO"):
+        assert noise not in console, (noise, console[-3000:])
+    log = (state / "logs" / "prefect.log").read_text()
+    assert "Task run 'image-" in log and "Finished in state Completed" in log
+    assert "Flow run 'annotate-quiet'" in loud.stdout + loud.stderr
