@@ -24,7 +24,7 @@ import yaml
 
 from core.config import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILES = {"cpu": ROOT / "infra" / "Dockerfile", "gpu": ROOT / "infra" / "Dockerfile.gpu"}
 # Services built from our images: they run seke code and need its settings.

@@ -28,7 +28,7 @@ from tasks.annotate import AnnotateConfig
 from tasks.uamc import UAMCConfig
 from tests.helpers import prepared_settings, use
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
