@@ -15,13 +15,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sqlalchemy import select
 
-from flows.finetune import local_checkpoint
 from models.orm import BenchmarkRun
 from core.config import get_settings
 from core.db import session_factory
 from core.store import open_store
 from core.version import code_version
 from tasks.annotate import store_prompt
+from tasks.checkpoints import local_checkpoint
 from tasks.benchmark.charts import au_f1_chart, radar_chart
 from tasks.benchmark.paper import table2_markdown, table_rows
 from tasks.benchmark.prompt import benchmark_prompt

@@ -24,6 +24,8 @@ from core.config import Settings, get_settings
 from core.db import session_factory
 from core.store import ObjectStore, download_prefix, open_store, upload_dir
 from core.version import code_version
+from flows.deployments import trigger
+from tasks.checkpoints import STORE_PREFIX, local_checkpoint
 
 
 def _model_prefix(name: str, part: str) -> str:
@@ -41,26 +43,6 @@ def fetch_export(store: ObjectStore, export: Export, cache: Path) -> Path:
             if not (local / key).exists():
                 store.download_file(key, local / key)
     return local
-
-
-STORE_PREFIX = "store:"
-
-
-def local_checkpoint(spec: str, store: ObjectStore, cache: Path) -> Path:
-    """A checkpoint directory from `store:<prefix>` (fetched once into `cache`) or a local path."""
-    if spec.startswith(STORE_PREFIX):
-        prefix = spec.removeprefix(STORE_PREFIX)
-        local = cache / prefix.replace("/", "__")
-        if not (local / "config.json").exists():
-            download_prefix(store, prefix, local)
-        return local
-    path = Path(spec).expanduser().resolve()
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"checkpoint {spec!r} has no config.json: pass a local LLaVA-OneVision checkpoint directory, "
-            f"or {STORE_PREFIX}<prefix> for one in the object store"
-        )
-    return path
 
 
 def resolve_base_model(
@@ -203,7 +185,5 @@ def finetune_flow(
             run.finished_at = dt.datetime.now(dt.UTC)
         logger.info("training run %s: loss %.3f → %.3f in %s steps", name, trained.first_loss, trained.last_loss, trained.steps)
     if then_benchmark is not None:
-        from flows.pipeline import trigger
-
         trigger("benchmark", {**then_benchmark, "model": result["final_model"], "training_run_id": run_id}, key=f"{name}:benchmark")
     return result

@@ -1,14 +1,10 @@
-"""The trigger chain: annotate → export → fine-tune → benchmark, with lineage recorded.
+"""The pipeline: annotate → export → fine-tune → benchmark, with lineage recorded.
 
 Two ways to run it:
 - in-process (no Prefect server needed): the flows run as sub-flows, one after another;
 - via deployments (a Prefect server with `cpu` and `gpu` work pools, see infra/):
-  the pipeline starts the fine-tune deployment with `run_deployment(timeout=0,
-  idempotency_key=...)`, and the fine-tune flow starts the benchmark deployment
-  the same way when it completes. The idempotency keys are derived from the run
-  names, so a retried trigger returns the flow run it already started instead
-  of starting a duplicate; our own tables are keyed by the same names, so even a
-  duplicate that got through would resume rather than redo the work.
+  the pipeline starts the fine-tune deployment and the fine-tune flow starts the
+  benchmark deployment when it completes (the trigger chain, flows/deployments.py).
 """
 
 from __future__ import annotations
@@ -20,30 +16,14 @@ from sqlalchemy import func, select
 
 from flows.annotate import annotate_flow
 from flows.benchmark import benchmark_flow
+from flows.deployments import trigger
 from flows.finetune import finetune_flow
 from models.orm import Export, Instruction, Run
 from core.config import get_settings
 from core.db import session_factory
 from core.store import open_store
-from tasks.annotate import AnnotateConfig
+from tasks.config import AnnotateConfig
 from tasks.export import record_export
-
-#: "<flow name>/<deployment name>" of the deployments infra/deployments.py creates.
-DEPLOYMENTS = {
-    "annotate": "annotate/annotate",
-    "finetune": "finetune/finetune",
-    "benchmark": "benchmark/benchmark",
-    "audit": "audit/audit",
-    "pipeline": "pipeline/pipeline",
-}
-
-
-def trigger(flow_key: str, parameters: dict[str, Any], *, key: str):
-    """Start a deployment without waiting; the same key returns the same flow run (no duplicate)."""
-    from prefect.deployments import run_deployment
-
-    return run_deployment(name=DEPLOYMENTS[flow_key], parameters=parameters, timeout=0, idempotency_key=key)
-
 
 def export_for(run_name: str) -> int:
     """The run's export id: its newest export if no image finished since, else a new export."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +26,7 @@ from models.answers import RewriteAnswer, labels_from_answer, sample_answer_mode
 from models.labels import FaceLabels, Task, fields_of, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from core.store import ObjectStore, StoreError
+from tasks.config import AnnotateConfig
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
 from tasks.prompts import (
@@ -39,24 +40,11 @@ from tasks.prompts import (
     rewrite_prompt,
     summary_prompt,
 )
-from tasks.uamc import Step, UAMCConfig, decide, image_rng, initial_samples, normalised_uncertainties, task_statistics
+from tasks.uamc import Step, decide, image_rng, initial_samples, normalised_uncertainties, task_statistics
 from tasks.vllm import CallResult, PermanentCallError, TransientCallError, VLLMClient
 
 #: Stage names as stored in vllm_calls.stage.
 DB_STAGE = {SAMPLE_STAGE: "prior-sample", SUMMARY_STAGE: "summary", REWRITE_STAGE: "rewrite"}
-
-
-class AnnotateConfig(BaseModel):
-    """What decides a run's output; stored with the run and fixed for its lifetime (resume replays it)."""
-
-    seed: int = Field(default=0, description="Seeds UAMC draws, sample seeds and question choice.")
-    use_prior: bool = Field(default=True, description="Embed known human labels + emotion knowledge (ablation: off).")
-    uamc: UAMCConfig = Field(default_factory=UAMCConfig)
-    rewrite_with_llm: bool = Field(default=True, description="Off: the answer is assembled without a rewrite call.")
-    tasks_to_mask: list[Task] = Field(
-        default_factory=list,
-        description="Audit runs: treat these human descriptions as missing and regenerate them.",
-    )
 
 
 class Budget:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.labels import Split
 from models.orm import Image, Run, RunImage, UAMCStep, VLLMCall
-from tasks.annotate import AnnotateConfig
+from tasks.config import AnnotateConfig
 
 
 class RunConfigMismatch(ValueError):

@@ -91,7 +91,7 @@ def test_retried_deployment_trigger_does_not_start_a_duplicate() -> None:
     from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.finetune import finetune_flow
-    from flows.pipeline import trigger
+    from flows.deployments import trigger
 
     async def create_pool() -> None:
         async with get_client() as client:
