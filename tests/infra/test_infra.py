@@ -210,7 +210,7 @@ def test_prefect_server_runs_on_its_own_postgres_database(compose: dict) -> None
 def test_prefect_server_settings(compose: dict) -> None:
     server = compose["services"]["prefect-server"]
     environment = server["environment"]
-    # Measured necessary for the API to record every task run (DESIGN.md, "Scale facts").
+    # Measured necessary for the API to record every task run (docs/design.md, "Scale facts").
     assert environment["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "500"
     for key in ("PREFECT_MESSAGING_BROKER", "PREFECT_MESSAGING_CACHE"):
         assert interpolate(environment[key]) == "prefect.server.utilities.messaging.memory"
