@@ -9,6 +9,7 @@ stopped when the last process using it exits.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,10 +58,29 @@ def display_url(settings: Settings) -> str:
     return make_url(database_url(settings)).render_as_string(hide_password=True)
 
 
-@cache
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def _engine(url: str) -> Engine:
-    # pool_pre_ping: a server restarted between runs must not surface as a broken connection.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+    """One engine (one connection pool) per URL for the whole process."""
+    with _engines_lock:
+        if url not in _engines:
+            # pool_pre_ping: a server restarted between runs must not surface as a broken connection.
+            _engines[url] = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+        return _engines[url]
+
+
+def dispose_engines() -> None:
+    """Close the idle pooled connections of every engine opened so far; they reconnect when next used.
+
+    A process that opens many databases (a test session: one per test module or more) would
+    otherwise keep up to `pool_size` idle connections per database and exhaust the server's.
+    """
+    with _engines_lock:
+        engines = list(_engines.values())
+    for engine in engines:
+        engine.dispose()
 
 
 def get_engine(settings: Settings) -> Engine:
