@@ -229,8 +229,8 @@ def main() -> None:
             with CpuMeter(simulator.pid, database_url) as bare_cpu:
                 bare_s, bare_calls = asyncio.run(bare_loop(simulator.base_url, simulator.model, plans, args.concurrency))
 
-    flow_images = report["images"].get("done", 0)
-    flow_calls = report["calls"]
+    flow_images = report.images.get("done", 0)
+    flow_calls = report.calls
     calls_per_image = flow_calls / max(flow_images, 1)
     ideal = args.concurrency / (calls_per_image * args.latency_ms / 1000) if args.latency_ms else float("nan")
     flow_rate, bare_rate = flow_images / flow_s, len(plans) / bare_s
@@ -249,7 +249,7 @@ def main() -> None:
         ],
     )
     print(f"ideal (concurrency / (calls per image x latency)): {ideal:.2f} images/s")
-    tokens_per_call = (report["tokens_in"] + report["tokens_out"]) / max(flow_calls, 1)
+    tokens_per_call = (report.tokens_in + report.tokens_out) / max(flow_calls, 1)
     limits = "kept as configured" if args.keep_rate_limits else "lifted for this run"
     print(
         f"client rate limiter {limits}; {tokens_per_call:.0f} tokens per call, so the default 2,000,000 tokens/min "

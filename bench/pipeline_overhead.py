@@ -262,7 +262,7 @@ def main() -> None:
                             settings, run_name, simulator.base_url, simulator.model, config, args.concurrency
                         )
                     seconds = time.perf_counter() - started
-                done, calls = report["images"].get("done", 0), report["calls"]
+                done, calls = report.images.get("done", 0), report.calls
                 rows.append([label, done, calls, f"{seconds:.1f}", f"{done / seconds:.1f}", f"{calls / seconds:.1f}"])
                 steps.append((label, seconds, calls, dict(timers.calls), dict(timers.wall), dict(timers.cpu)))
                 cpu_rows.append([label, *(f"{1000 * cpu.seconds.get(g, 0.0) / done:.1f}" for g in GROUPS),

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         description="OpenAI-compatible endpoint (https://api.openai.com/v1, a vLLM server…); empty starts the simulator.",
     )
     vllm_model: str = Field(default="gpt-4o", description="Model name sent to the endpoint.")
+    vllm_simulated: bool = Field(
+        default=False,
+        description="The endpoint is the offline simulator (a rehearsal): runs, exports and reports say so.",
+    )
     vllm_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the endpoint.")
     requests_per_minute: int = Field(default=3000, gt=0, description="Client-side request rate cap per process.")
     tokens_per_minute: int = Field(default=2_000_000, gt=0, description="Client-side token rate cap per process.")

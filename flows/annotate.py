@@ -1,6 +1,6 @@
 """The annotate flow: SEKE over every FEID image of a run, sharded, resumable, budgeted.
 
-Shape (measured on 2 cores, see DESIGN.md "Scale facts"): the parent flow runs
+Shape (measured on 2 cores, see docs/design.md "Scale facts"): the parent flow runs
 sub-flows of `shard_size` images one after another; each `.map`s its shard on
 a ThreadPoolTaskRunner and `.wait()`s before reading results. One flow holding
 every task's state grows by ~3-9 KB per task and the ephemeral API drops task
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.runtime import task_run
@@ -34,7 +33,8 @@ from core.config import get_settings
 from core.db import get_engine, session_factory
 from core.store import open_store
 from core.version import code_version
-from tasks.annotate import AnnotateConfig, Annotator, Budget, ImageOutcome, spent
+from tasks.annotate import Annotator, Budget, ImageOutcome, spent
+from tasks.config import AnnotateConfig
 from tasks.runs import RunReport, close_run, open_run, run_lock, run_report, unfinished_images
 from tasks.vllm import VLLMClient, VLLMConfig
 
@@ -103,16 +103,22 @@ def annotate_images(
     return [_annotate_one(image_id, annotator, progress, global_limit) for image_id in image_ids]
 
 
-@flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
+#: The live objects of the runs this process annotates, by run id: a shard sub-flow takes the run id
+#: (a serialisable parameter) and shares its parent's client, budget and progress through it.
+_LIVE: dict[int, tuple[Annotator, ProgressReporter]] = {}
+
+
+@flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}")
 def annotate_shard(
     run_name: str,
+    run_id: int,
     shard: int,
     image_ids: list[int],
-    annotator: Annotator,
-    progress: ProgressReporter,
     global_limit: str | None = None,
     images_per_task: int = 1,
 ) -> dict[str, int]:
+    """One shard of run `run_id`, annotated by the run's annotator in this process (see annotate_flow)."""
+    annotator, progress = _LIVE[run_id]
     batches = [image_ids[i : i + images_per_task] for i in range(0, len(image_ids), images_per_task)]
     futures = annotate_images.map(
         batches, annotator=unmapped(annotator), progress=unmapped(progress), global_limit=unmapped(global_limit)
@@ -128,7 +134,7 @@ def annotate_shard(
 def _publish_report(report: RunReport, run_name: str) -> None:
     """End-of-run artifacts: the numbers a user checks before using the data."""
     key = run_name.lower().replace("_", "-")
-    simulated = " (simulator: rehearsal numbers, not a real model's quality)" if "simulator" in report.model else ""
+    simulated = " (simulator: rehearsal numbers, not a real model's quality)" if report.simulated else ""
     create_table_artifact(
         [{"samples": k, "images": v} for k, v in report.samples_histogram.items()],
         key=f"{key}-samples-per-image",
@@ -169,20 +175,21 @@ def annotate_flow(
     images_per_task: int = 1,
     base_url: str | None = None,
     model: str | None = None,
+    simulated: bool = False,
     image_ids: list[int] | None = None,
     kind: str = "annotate",
-) -> dict:
-    """Annotate (or resume) run `run_name`; returns the run report as a dict.
+) -> RunReport:
+    """Annotate (or resume) run `run_name`; returns the run report.
 
     The endpoint comes from settings (SEKE_VLLM_*); `base_url`/`model` override
-    it, e.g. with a simulator started for the demo. Secrets never pass through
-    flow parameters.
+    it, e.g. with a simulator started for the demo (which passes `simulated`).
+    Secrets never pass through flow parameters.
     """
     logger = get_run_logger()
     settings = get_settings()
     config = config or AnnotateConfig()
     sessions = session_factory(settings)
-    vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model)
+    vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model, simulated=simulated)
 
     with sessions.begin() as session:
         run_id = open_run(
@@ -216,21 +223,24 @@ def annotate_flow(
                 client=client,
                 budget=budget,
             )
-            for shard, start in enumerate(range(0, len(todo), shard_size)):
-                stop_reason = budget.stop_reason()
-                if stop_reason:
-                    break
-                # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
-                runner = ThreadPoolTaskRunner(max_workers=concurrency or settings.concurrency)
-                annotate_shard.with_options(task_runner=runner)(
-                    run_name,
-                    shard,
-                    todo[start : start + shard_size],
-                    annotator,
-                    progress,
-                    settings.prefect_concurrency_limit,
-                    images_per_task,
-                )
+            _LIVE[run_id] = (annotator, progress)
+            try:
+                for shard, start in enumerate(range(0, len(todo), shard_size)):
+                    stop_reason = budget.stop_reason()
+                    if stop_reason:
+                        break
+                    # A fresh runner per shard: each sub-flow shuts its runner's thread pool down on exit.
+                    runner = ThreadPoolTaskRunner(max_workers=concurrency or settings.concurrency)
+                    annotate_shard.with_options(task_runner=runner)(
+                        run_name,
+                        run_id,
+                        shard,
+                        todo[start : start + shard_size],
+                        settings.prefect_concurrency_limit,
+                        images_per_task,
+                    )
+            finally:
+                del _LIVE[run_id]
             stop_reason = stop_reason or budget.stop_reason()
         progress.flush(budget)
         with sessions.begin() as session:
@@ -238,4 +248,4 @@ def annotate_flow(
             report = run_report(session, run_id)
     _publish_report(report, run_name)
     logger.info("run %s %s: %s", run_name, status, dict(report.images))
-    return {**asdict(report), "run_id": run_id}
+    return report

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
@@ -99,6 +100,20 @@ def _restore_latest_checkpoint(sessions, store: ObjectStore, run_id: int, name: 
         download_prefix(store, _model_prefix(name, checkpoint), output_dir / checkpoint)
 
 
+class FinetuneResult(BaseModel):
+    """A completed training run; stored as the run's `result`, so a re-run returns it without training."""
+
+    training_run_id: int
+    final_uri: str
+    final_model: str  # `store:<prefix>`: what the benchmark flow takes as its model
+    steps: int
+    first_loss: float
+    last_loss: float
+    tokens_seen: int
+    train_time_s: float
+    skipped_ids: list[str]
+
+
 @flow(name="finetune", flow_run_name="finetune-{name}")
 def finetune_flow(
     name: str,
@@ -106,12 +121,15 @@ def finetune_flow(
     base_model: str | None = None,
     train_config: dict[str, Any] | None = None,
     then_benchmark: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> FinetuneResult:
     """Fine-tune on export `export_id`; returns the training result with the final model's URI.
 
     `then_benchmark` (benchmark flow parameters) triggers the benchmark deployment
     when training completes: the deployment path of the trigger chain.
     """
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # before transformers loads: the flow logs progress; bars would interleave with it
     import torch
 
     from tasks.train.finetune import StepLog, TrainConfig, checkpoint_dirs, finetune
@@ -122,7 +140,7 @@ def finetune_flow(
     run_id, finished = _open_training_run(settings, name, export_id, config.to_dict())
     if finished is not None:
         logger.info("training run %s already completed; not training again", name)
-        result = finished
+        result = FinetuneResult.model_validate(finished)
     else:
         store = open_store(settings)
         sessions = session_factory(settings)
@@ -164,26 +182,26 @@ def finetune_flow(
         trained = finetune(config, export_dir, base_dir, output_dir, resume=True, progress=on_step)
         push_new_checkpoints()  # the checkpoint written after the last step
         final_uri = upload_dir(store, trained.final_dir, _model_prefix(name, "final"))
-        result = {
-            "training_run_id": run_id,
-            "final_uri": final_uri,
-            "final_model": STORE_PREFIX + _model_prefix(name, "final"),
-            "steps": trained.steps,
-            "first_loss": trained.first_loss,
-            "last_loss": trained.last_loss,
-            "tokens_seen": trained.tokens_seen,
-            "train_time_s": trained.train_time_s,
-            "skipped_ids": trained.skipped_ids,
-        }
+        result = FinetuneResult(
+            training_run_id=run_id,
+            final_uri=final_uri,
+            final_model=STORE_PREFIX + _model_prefix(name, "final"),
+            steps=trained.steps,
+            first_loss=trained.first_loss,
+            last_loss=trained.last_loss,
+            tokens_seen=trained.tokens_seen,
+            train_time_s=trained.train_time_s,
+            skipped_ids=trained.skipped_ids,
+        )
         with sessions.begin() as session:
             run = session.get(TrainingRun, run_id)
             run.base_model = base_name
             run.status = "completed"
             run.device = "cuda" if torch.cuda.is_available() else "cpu"
             run.final_uri = final_uri
-            run.result = result
+            run.result = result.model_dump(mode="json")
             run.finished_at = dt.datetime.now(dt.UTC)
         logger.info("training run %s: loss %.3f → %.3f in %s steps", name, trained.first_loss, trained.last_loss, trained.steps)
     if then_benchmark is not None:
-        trigger("benchmark", {**then_benchmark, "model": result["final_model"], "training_run_id": run_id}, key=f"{name}:benchmark")
+        trigger("benchmark", {**then_benchmark, "model": result.final_model, "training_run_id": run_id}, key=f"{name}:benchmark")
     return result

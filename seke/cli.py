@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -17,7 +17,9 @@ from models.schemas import SOURCES
 from core.config import Settings, get_settings
 
 if TYPE_CHECKING:
+    from flows.benchmark import BenchmarkResult
     from simulator.server import SimulatorConfig
+    from tasks.runs import RunReport
 
 app = typer.Typer(help="SEKE: facial-emotion instruction data with vision LLMs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -41,10 +43,10 @@ def progress_bar() -> Progress:
 
 
 def _ready(settings: Settings) -> None:
-    """Bring the schema to head: every command works on a fresh state directory."""
-    from core.migrate import upgrade
+    """Bring the schema to head: every command works on a fresh state directory (cheap when at head)."""
+    from core.migrate import ensure_head
 
-    upgrade(settings)
+    ensure_head(settings)
 
 
 @db_app.command("upgrade")
@@ -142,6 +144,10 @@ def images_stats() -> None:
     _ready(settings)
     with session_scope(settings) as session:
         rows = image_stats(session)
+    _print_image_stats(rows)
+
+
+def _print_image_stats(rows: list[tuple[str, str, int, int, int, int, int]]) -> None:
     table = Table("source", "split", "images", "subjects", "expression", "valence/arousal", "AUs", title="images")
     for row in rows:
         table.add_row(*(str(value) for value in row))
@@ -154,29 +160,21 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(simulator_app, name="simulator")
 
 
-def _prefect_defaults() -> None:
-    """Environment defaults for the flows this process runs; anything already set wins.
+class Endpoint(NamedTuple):
+    """The endpoint a flow uses: overrides of SEKE_VLLM_* (None: the settings'), and whether it is the simulator."""
 
-    - the recorder batch size measured to keep the Prefect API's task-run counts true at scale (DESIGN.md);
-    - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
-      state directories never share, and lock, one database;
-    - no analytics heartbeat (nothing outside this machine is reachable anyway);
-    - no Hugging Face progress bars between our own.
-    """
-    import os
-
-    state = get_settings().resolved_state_dir
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
-    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    base_url: str | None = None
+    model: str | None = None
+    simulated: bool = False
 
 
 @contextmanager
-def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = None) -> Iterator[tuple[str | None, str | None]]:
-    """(base_url, model) overrides: none when SEKE_VLLM_BASE_URL is set, else a simulator started here."""
+def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = None) -> Iterator[Endpoint]:
+    """The settings' endpoint when SEKE_VLLM_BASE_URL is set, else a simulator started here.
+
+    This is where the endpoint is chosen, so this is where `simulated` is decided; flows carry it on."""
     if settings.vllm_base_url:
-        yield None, None
+        yield Endpoint()
         return
     from simulator.server import SimulatorConfig, running_simulator
 
@@ -186,7 +184,17 @@ def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = Non
             f"[yellow]No SEKE_VLLM_BASE_URL: using the built-in simulator at {base_url} "
             "(rehearsal only: its labels are not a real model's quality).[/yellow]"
         )
-        yield base_url, config.model_name
+        yield Endpoint(base_url, config.model_name, simulated=True)
+
+
+@contextmanager
+def _flows(settings: Settings) -> Iterator[None]:
+    """The schema at head and Prefect's settings for the flows this command runs."""
+    from flows.runtime import prefect_settings
+
+    _ready(settings)
+    with prefect_settings(settings):
+        yield
 
 
 @app.command()
@@ -204,15 +212,13 @@ def annotate(
     max_samples: Annotated[int, typer.Option(min=1, help="UAMC's N.")] = 5,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite)."""
-    _prefect_defaults()
     from flows.annotate import annotate_flow
-    from tasks.annotate import AnnotateConfig
+    from tasks.config import AnnotateConfig
     from tasks.uamc import UAMCConfig
 
     settings = get_settings()
-    _ready(settings)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=UAMCConfig(enabled=not no_uamc, max_samples=max_samples))
-    with _endpoint(settings) as (base_url, model):
+    with _flows(settings), _endpoint(settings) as endpoint:
         result = annotate_flow(
             run_name=run,
             config=config,
@@ -222,25 +228,24 @@ def annotate(
             concurrency=concurrency,
             shard_size=shard_size,
             images_per_task=images_per_task,
-            base_url=base_url,
-            model=model,
+            **endpoint._asdict(),
         )
     _print_report(result)
 
 
-def _print_report(report: dict) -> None:
-    table = Table(show_header=False, title=f"run {report['name']}: {report['status']}")
-    table.add_row("model", report["model"] + ("  [yellow](simulator)[/yellow]" if "simulator" in report["model"] else ""))
-    table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report["images"].items()))
-    table.add_row("calls", f"{report['calls']} ({report['invalid_calls']} invalid answers)")
-    table.add_row("tokens", f"{report['tokens_in']} in, {report['tokens_out']} out")
-    table.add_row("cost", f"${report['cost_usd']:.4f}")
-    table.add_row("samples per image", ", ".join(f"{k}: {v}" for k, v in report["samples_histogram"].items()))
-    table.add_row("mean uncertainty", ", ".join(f"{k}: {v:.3f}" for k, v in report["mean_uncertainty"].items()))
-    if report["failures"]:
-        table.add_row("failures", ", ".join(f"{k}: {v}" for k, v in report["failures"].items()))
-    if report["stop_reason"]:
-        table.add_row("stopped", report["stop_reason"])
+def _print_report(report: RunReport) -> None:
+    table = Table(show_header=False, title=f"run {report.name}: {report.status}")
+    table.add_row("model", report.model + ("  [yellow](simulator)[/yellow]" if report.simulated else ""))
+    table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report.images.items()))
+    table.add_row("calls", f"{report.calls} ({report.invalid_calls} invalid answers)")
+    table.add_row("tokens", f"{report.tokens_in} in, {report.tokens_out} out")
+    table.add_row("cost", f"${report.cost_usd:.4f}")
+    table.add_row("samples per image", ", ".join(f"{k}: {v}" for k, v in report.samples_histogram.items()))
+    table.add_row("mean uncertainty", ", ".join(f"{k}: {v:.3f}" for k, v in report.mean_uncertainty.items()))
+    if report.failures:
+        table.add_row("failures", ", ".join(f"{k}: {v}" for k, v in report.failures.items()))
+    if report.stop_reason:
+        table.add_row("stopped", report.stop_reason)
     console.print(table)
 
 
@@ -257,35 +262,33 @@ def _find_run(session, name: str, hint: str):
 @runs_app.command("ls")
 def runs_ls() -> None:
     """List runs, newest first."""
-    from sqlalchemy import select
-
-    from models.orm import Run
     from core.db import session_scope
+    from tasks.runs import list_runs
 
     settings = get_settings()
     _ready(settings)
+    with session_scope(settings) as session:
+        runs = list_runs(session)
     table = Table(title="runs, newest first")
     for column in ("name", "kind", "status", "model", "created"):
         table.add_column(column, no_wrap=True)
     table.add_column("stop reason", overflow="fold")
-    with session_scope(settings) as session:
-        for run in session.scalars(select(Run).order_by(Run.id.desc())):
-            table.add_row(run.name, run.kind, run.status, run.model, f"{run.created_at:%m-%d %H:%M}", run.stop_reason or "")
+    for run in runs:
+        table.add_row(run.name, run.kind, run.status, run.model, f"{run.created_at:%m-%d %H:%M}", run.stop_reason or "")
     console.print(table)
 
 
 @runs_app.command("show")
 def runs_show(name: str) -> None:
     """A run's status, calls, cost, samples per image, uncertainty and failures."""
-    from dataclasses import asdict
-
     from core.db import session_scope
     from tasks.runs import run_report
 
     settings = get_settings()
     _ready(settings)
     with session_scope(settings) as session:
-        _print_report(asdict(run_report(session, _find_run(session, name, "NAME").id)))
+        report = run_report(session, _find_run(session, name, "NAME").id)
+    _print_report(report)
 
 
 @app.command()
@@ -332,11 +335,6 @@ def simulator_serve(
     serve(config, host=host, port=port)
 
 
-#: The demo fine-tunes a tiny randomly initialised model for a few minutes on CPU: the paper's
-#: lr 1e-5 (meant for a pretrained 7B model) would not move it, so the demo uses a larger one.
-DEMO_TRAIN_CONFIG = {"learning_rate": 2e-3, "epochs": 3, "batch_size": 4, "save_steps": 25, "warmup_ratio": 0.03}
-
-
 def _train_config(path: Path | None) -> dict | None:
     import json
 
@@ -356,13 +354,13 @@ def finetune(
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields (defaults: paper §4.2).")] = None,
 ) -> None:
     """Fine-tune LLaVA-OneVision on an FEID export (full SFT; LoRA with {"use_lora": true})."""
-    _prefect_defaults()
     from flows.finetune import finetune_flow
 
     settings = get_settings()
-    _ready(settings)
-    result = finetune_flow(name=name, export_id=export_id, base_model=base_model, train_config=_train_config(config))
-    console.print(f"[green]trained[/green] {name}: loss {result['first_loss']:.3f} → {result['last_loss']:.3f} in {result['steps']} steps; model at {result['final_uri']}")
+    train_config = _train_config(config)
+    with _flows(settings):
+        result = finetune_flow(name=name, export_id=export_id, base_model=base_model, train_config=train_config)
+    console.print(f"[green]trained[/green] {name}: loss {result.first_loss:.3f} → {result.last_loss:.3f} in {result.steps} steps; model at {result.final_uri}")
 
 
 @app.command()
@@ -375,33 +373,32 @@ def benchmark(
     parser_model: Annotated[str | None, typer.Option(help="Endpoint model that re-reads answers no parser could read.")] = None,
 ) -> None:
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
-    _prefect_defaults()
     from flows.benchmark import benchmark_flow
 
     settings = get_settings()
-    _ready(settings)
     run_name = name or "feab-" + model.replace("/", "-").replace(":", "-")
-    with ExitStack() as stack:
+    with _flows(settings), ExitStack() as stack:
+        simulated = False
         if endpoint and not (base_url or settings.vllm_base_url):
             # Nothing configured: rehearse against the simulator, whose model name replaces --model.
-            base_url, model = stack.enter_context(_endpoint(settings))
+            base_url, model, simulated = stack.enter_context(_endpoint(settings))
         result = benchmark_flow(
             name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit,
-            parser_model=parser_model,
+            parser_model=parser_model, simulated=simulated,
         )  # fmt: skip
     _print_scores(result)
 
 
-def _print_scores(result: dict) -> None:
+def _print_scores(result: BenchmarkResult) -> None:
     """The headline columns of Table 2 (per-AU F1 is in the artifact, the charts and the database)."""
     columns = ["Method", "EXP Acc (%)", "AU All F1 (%)", "Valence MAE", "Arousal MAE"]
     table = Table(*columns, title="FEAB (rows marked (paper) are the SEKE paper's published Table 2, not this code)")
-    for row in result["rows"]:
+    for row in result.rows:
         table.add_row(*("–" if row[c] is None else f"{row[c]:.3f}" if "MAE" in c else str(row[c]) for c in columns))
     console.print(table)
-    scores = result["scores"]
-    console.print(f"{scores['n']} FEAB images, {scores['n_unparseable']} answers unparseable; charts: {', '.join(result['charts'])}")
-    if "simulator" in result["table"]:
+    scores = result.scores
+    console.print(f"{scores.n} FEAB images, {scores.n_unparseable} answers unparseable; charts: {', '.join(result.charts)}")
+    if result.simulated:
         console.print("[yellow]The model is the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
 
 
@@ -414,21 +411,20 @@ def pipeline(
     via_deployments: Annotated[bool, typer.Option(help="Start fine-tune/benchmark deployments on a Prefect server instead of in-process.")] = False,
 ) -> None:
     """annotate → export → fine-tune → benchmark, with lineage recorded."""
-    _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
     settings = get_settings()
-    _ready(settings)
-    with _endpoint(settings) as (base_url, model):
+    train_config = _train_config(config)
+    with _flows(settings), _endpoint(settings) as endpoint:
         result = pipeline_flow(
-            run_name=run, limit=limit, base_url=base_url, model=model, base_model=base_model,
-            train_config=_train_config(config), via_deployments=via_deployments,
+            run_name=run, limit=limit, base_model=base_model, train_config=train_config, via_deployments=via_deployments,
+            **endpoint._asdict(),
         )  # fmt: skip
-    _print_report(result["annotate"])
-    if "benchmark" in result:
-        _print_scores(result["benchmark"])
-    elif "finetune_flow_run_id" in result:
-        console.print(f"fine-tune deployment started: flow run {result['finetune_flow_run_id']}")
+    _print_report(result.annotate)
+    if result.benchmark is not None:
+        _print_scores(result.benchmark)
+    elif result.finetune_flow_run_id is not None:
+        console.print(f"fine-tune deployment started: flow run {result.finetune_flow_run_id}")
 
 
 @app.command()
@@ -438,59 +434,40 @@ def demo(
 ) -> None:
     """The whole path on embedded defaults: synthetic data → import → split → SEKE on the simulator →
     export → fine-tune a tiny LLaVA-OneVision on CPU → FEAB benchmark. Safe to re-run: every step resumes."""
-    _prefect_defaults()
-    from flows.pipeline import pipeline_flow
-    from core.db import display_url, session_factory, session_scope
-    from core.store import open_store
-    from tasks.demo_data import write_demo_data
-    from tasks.importers import READERS, ImportOptions
-    from tasks.ingest import ingest
-    from tasks.split import assign_splits
+    from flows.demo import demo_flow
 
     settings = get_settings()
-    _ready(settings)
-    state = settings.resolved_state_dir
-    data = state / "demo-data"
+    console.print("Running the demo flow: synthetic faces → import → split → SEKE → export → fine-tune → benchmark …")
+    with _flows(settings), _endpoint(settings) as endpoint:
+        result = demo_flow(n=n, train=train, **endpoint._asdict())
     console.rule("1. synthetic faces in the six datasets' native layouts")
-    counts = write_demo_data(data, n=n, seed=0)
-    console.print(f"{sum(counts.values())} faces written to {data}")
+    console.print(f"{sum(result.written.values())} faces written to {result.data_dir}")
     console.rule("2. import (validate, store, record human labels) and subject split")
-    sessions, store = session_factory(settings), open_store(settings)
-    with progress_bar() as progress:
-        for name in READERS:
-            task = progress.add_task(f"import {name}", total=counts.get(name))
-            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda task=task: progress.advance(task))
-            for problem in report.problems:
-                console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
-    with session_scope(settings) as session:
-        assign_splits(session, seed=0)
-    images_stats()
+    imports = Table("format", "imported", "human labels", "already present", "refused", title="import")
+    for name, report in result.imports.items():
+        imports.add_row(name, str(report.imported), str(report.labels), str(report.already_present), str(len(report.problems)))
+        for problem in report.problems:
+            console.print(f"[yellow]refused[/yellow] {problem.path}: {problem.reason}")
+    console.print(imports)
+    _print_image_stats(result.image_stats)
     console.rule("3. SEKE annotation on the simulator" + (", fine-tune and benchmark" if train else ""))
-    with _endpoint(settings) as (base_url, model):
-        if train:
-            result = pipeline_flow(run_name="demo", base_url=base_url, model=model, train_config=DEMO_TRAIN_CONFIG)
-        else:
-            from flows.annotate import annotate_flow
-            from flows.pipeline import export_for
-
-            result = {"annotate": annotate_flow(run_name="demo", base_url=base_url, model=model)}
-            result["export_id"] = export_for("demo")
-    _print_report(result["annotate"])
-    if "benchmark" in result:
+    _print_report(result.pipeline.annotate)
+    if result.pipeline.benchmark is not None:
         console.rule("4. FEAB benchmark of the fine-tuned tiny model")
-        _print_scores(result["benchmark"])
+        _print_scores(result.pipeline.benchmark)
     console.rule("where everything is")
-    console.print(f"database:  {display_url(settings)}")
-    console.print(f"store:     {store.uri('')}")
-    console.print(f"export:    {state / 'exports' / 'demo'} (feid.jsonl, provenance.jsonl, hf/)")
-    if "finetune" in result:
-        console.print(f"model:     {result['finetune']['final_uri']}")
+    console.print(f"database:  {result.database}")
+    console.print(f"store:     {result.store}")
+    console.print(f"export:    {result.export_dir} (feid.jsonl, provenance.jsonl, hf/)")
+    if result.pipeline.finetune is not None:
+        console.print(f"model:     {result.pipeline.finetune.final_uri}")
     console.print("provenance: SELECT * FROM annotation_provenance WHERE run_name = 'demo' LIMIT 20;  (see README)")
     console.print(
         "Prefect UI: run `prefect server start` in another terminal and `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
         "before `seke demo`; its runs then show at http://127.0.0.1:4200"
     )
-    console.print("[yellow]All model answers came from the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
+    if result.pipeline.annotate.simulated:
+        console.print("[yellow]All model answers came from the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
 
 
 @app.command()
@@ -502,11 +479,9 @@ def audit(
 ) -> None:
     """Reliability audit (paper §4.5.2): mask one human description, regenerate it, compare — for each
     Table 4 setting (prior on/off × UAMC on/off). Judge a model/prompt version before a full run."""
-    _prefect_defaults()
     from flows.audit import audit_flow
 
     settings = get_settings()
-    _ready(settings)
-    with _endpoint(settings) as (base_url, model):
-        result = audit_flow(name=name, limit=limit, base_url=base_url, model=model, seed=seed, concurrency=concurrency)
-    console.print(Markdown(result["table"]))
+    with _flows(settings), _endpoint(settings) as endpoint:
+        result = audit_flow(name=name, limit=limit, seed=seed, concurrency=concurrency, **endpoint._asdict())
+    console.print(Markdown(result.table))
