@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from prefect.settings import (
     PREFECT_HOME,
     PREFECT_SERVER_ANALYTICS_ENABLED,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
     PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE,
     temporary_settings,
 )
@@ -26,7 +27,9 @@ def prefect_settings(settings: Settings) -> Iterator[None]:
     - the recorder batch size above;
     - Prefect's home (its ephemeral API's SQLite database) inside the state directory, so two
       state directories never share, and lock, one database;
-    - no analytics heartbeat (nothing outside this machine is reachable anyway).
+    - no analytics heartbeat (nothing outside this machine is reachable anyway);
+    - two minutes, not 20 s, for the ephemeral API to start: its first start migrates a new
+      SQLite database, which took longer than 20 s on a busy 2-core machine.
 
     The ephemeral API server Prefect starts for a flow inherits these settings.
     """
@@ -34,6 +37,7 @@ def prefect_settings(settings: Settings) -> Iterator[None]:
         PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE: RECORDER_BATCH_SIZE,
         PREFECT_HOME: settings.resolved_state_dir / "prefect",
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120,
     }
     with temporary_settings(set_defaults=defaults):
         yield
