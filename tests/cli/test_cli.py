@@ -1,6 +1,7 @@
-"""The `seke` command line, command by command: every `--help`, and each command's main path through
-typer's CliRunner against the real services (embedded-test PostgreSQL, the simulator the CLI starts
-itself over HTTP, the Prefect test API)."""
+"""The `seke` command line, command by command: every `--help` and usage error through typer's
+CliRunner, and each command's main path as a user runs it (`python -m seke ...` in a process of its
+own) against the real services: the test PostgreSQL, the simulator the CLI starts itself over HTTP,
+the Prefect test API."""
 
 from __future__ import annotations
 
@@ -48,17 +49,35 @@ TRAIN = {"learning_rate": 3e-3, "max_steps": 4, "batch_size": 4, "save_steps": 2
 
 
 def invoke(*args: str) -> str:
-    """Run `seke ARGS`; the output, after checking the command succeeded."""
+    """Run `seke ARGS` in this process (CliRunner); the output, after checking the command succeeded."""
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, f"seke {' '.join(args)} exited {result.exit_code}:\n{result.output}\n{result.exception!r}"
     return result.output
 
 
+def run_seke(*args: str) -> subprocess.CompletedProcess[str]:
+    """`seke ARGS` in a process of its own, as a user runs it, reporting to the Prefect test API.
+
+    A process per command: commands that touch the database or run flows set up logging (Prefect's
+    among it) that must not outlive the streams CliRunner swaps in and closes."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "seke", *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+def seke(*args: str) -> str:
+    """Run `seke ARGS` in a process of its own; its output, after checking it succeeded."""
+    result = run_seke(*args)
+    assert result.returncode == 0, f"seke {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
 def usage_error(*args: str) -> str:
-    """Run `seke ARGS`, expecting a usage error; its message on one line, without the panel's frame."""
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 2, result.output
-    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    """Run `seke ARGS` (in a process of its own), expecting a usage error; its message on one line."""
+    result = run_seke(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stderr).split())
 
 
 def leaf_commands(command: object, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -125,21 +144,21 @@ def state(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory, pre
 def imported(state: Path) -> Path:
     """`seke db upgrade`, `seke import` of every layout, `seke split`."""
     invoke("demo-data", str(state / "faces"), "--n", "60")
-    assert "database at head" in invoke("db", "upgrade")
+    assert "database at head" in seke("db", "upgrade")
     for layout in sorted(p.name for p in (state / "faces").iterdir()):
-        assert "images imported" in invoke("import", layout, str(state / "faces" / layout))
-    assert "subject split" in invoke("split")
+        assert "images imported" in seke("import", layout, str(state / "faces" / layout))
+    assert "subject split" in seke("split")
     return state
 
 
 @pytest.fixture(scope="module")
 def annotated(imported: Path) -> str:
     """`seke annotate` on the simulator the CLI starts itself (no SEKE_VLLM_BASE_URL)."""
-    return invoke("annotate", "--run", "cli", "--limit", "6", "--concurrency", "4")
+    return seke("annotate", "--run", "cli", "--limit", "6", "--concurrency", "4")
 
 
 def test_db_upgrade_on_a_fresh_database_creates_the_schema(state: Path) -> None:
-    invoke("db", "upgrade")
+    seke("db", "upgrade")
     engine = create_engine(os.environ["SEKE_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT count(*) FROM alembic_version")) == 1
@@ -151,7 +170,7 @@ def test_import_refuses_an_unknown_format(imported: Path) -> None:
 
 
 def test_images_stats_counts_each_split(imported: Path) -> None:
-    output = invoke("images", "stats")
+    output = seke("images", "stats")
     assert "FEID" in output and "FEAB" in output
 
 
@@ -161,23 +180,23 @@ def test_annotate_prints_the_run_report(annotated: str) -> None:
 
 
 def test_runs_ls_and_show(annotated: str) -> None:
-    assert re.search(r"cli\s.*annotate\s.*completed", invoke("runs", "ls"))
-    assert "run cli: completed" in invoke("runs", "show", "cli")
+    assert re.search(r"cli\s.*annotate\s.*completed", seke("runs", "ls"))
+    assert "run cli: completed" in seke("runs", "show", "cli")
     assert "no run named 'nope'" in usage_error("runs", "show", "nope")
 
 
 def test_export_finetune_and_benchmark(annotated: str, imported: Path) -> None:
-    output = invoke("export", "cli")
+    output = seke("export", "cli")
     export_id = re.search(r"\(export id (\d+)\)", output).group(1)  # type: ignore[union-attr]
     assert (imported / "state" / "exports" / "cli" / "feid.jsonl").is_file()
     config = imported / "train.json"
     config.write_text(json.dumps(TRAIN))
-    output = invoke("finetune", "--name", "cli-ft", "--export-id", export_id, "--config", str(config))
+    output = seke("finetune", "--name", "cli-ft", "--export-id", export_id, "--config", str(config))
     assert "trained cli-ft" in output and "in 4 steps" in output
-    output = invoke("benchmark", "--model", "store:models/cli-ft/final", "--name", "cli-feab", "--limit", "2")
+    output = seke("benchmark", "--model", "store:models/cli-ft/final", "--name", "cli-feab", "--limit", "2")
     assert "FEAB" in output and "2 FEAB images" in output
     # The CLI starts the simulator for --endpoint when none is configured, and says it is one.
-    output = invoke("benchmark", "--model", "any", "--endpoint", "--name", "cli-sim", "--limit", "2")
+    output = seke("benchmark", "--model", "any", "--endpoint", "--name", "cli-sim", "--limit", "2")
     assert "offline simulator" in output
 
 
@@ -190,12 +209,12 @@ def test_finetune_refuses_an_unreadable_config(imported: Path) -> None:
 def test_pipeline_chains_every_step(imported: Path) -> None:
     config = imported / "train.json"
     config.write_text(json.dumps(TRAIN))
-    output = invoke("pipeline", "--run", "cli-chain", "--limit", "4", "--config", str(config))
+    output = seke("pipeline", "--run", "cli-chain", "--limit", "4", "--config", str(config))
     assert "run cli-chain: completed" in output and "FEAB" in output
 
 
 def test_audit_prints_table_4(imported: Path) -> None:
-    output = invoke("audit", "--name", "cli-audit", "--limit", "2", "--concurrency", "4")
+    output = seke("audit", "--name", "cli-audit", "--limit", "2", "--concurrency", "4")
     assert "paper" in output and "rehearsal" in output
 
 
@@ -206,6 +225,6 @@ def test_demo_without_training(postgres_admin_url: str, tmp_path: Path, prefect_
     monkeypatch.setenv("SEKE_DATABASE_URL", create_database(postgres_admin_url))
     monkeypatch.setenv("SEKE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
-    output = invoke("demo", "--n", "40", "--no-train")
+    output = seke("demo", "--n", "40", "--no-train")
     assert "run demo: completed" in output and "where everything is" in output
     assert (tmp_path / "state" / "exports" / "demo" / "feid.jsonl").is_file()
