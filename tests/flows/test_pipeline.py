@@ -92,15 +92,15 @@ def test_retried_deployment_trigger_does_not_start_a_duplicate() -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from flows.finetune import finetune_flow
-    from flows.deployments import trigger
+    from flows.deployments import build_deployment, trigger
 
     async def create_pool() -> None:
         async with get_client() as client:
             await client.create_work_pool(WorkPoolCreate(name="gpu", type="process"), overwrite=True)
 
     asyncio.run(create_pool())
-    deployment_id = finetune_flow.to_deployment(name="finetune", work_pool_name="gpu").apply()
+    # The deployment exactly as deploy_all() makes it (later tests re-deploy it in place).
+    deployment_id = build_deployment("finetune").apply()
     parameters = {"name": "retried", "export_id": 1}
     first = trigger("finetune", parameters, key="retried:finetune")
     again = trigger("finetune", parameters, key="retried:finetune")
