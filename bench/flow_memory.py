@@ -5,7 +5,7 @@
 
 One PostgreSQL database holds max(--sizes) synthetic FEID images (made first,
 not timed). Each size runs in a fresh Python process of its own, with its own
-Prefect API (prefect_test_harness, recorder batch 500 as DESIGN.md says),
+Prefect API (prefect_test_harness, recorder batch 500 as docs/design.md says),
 against one shared simulator process with zero latency, rewrite off (quick;
 the shape of the flow is the same). In that process a 20-image warm-up run
 loads every lazily imported module first; then RSS is read (the baseline),
@@ -14,7 +14,7 @@ thread reads RSS every 0.25 s. Growth = peak RSS - baseline, in the flow's
 own process (the Prefect API server and the simulator are other processes).
 
 After each run the Prefect API's task runs by state are compared with our
-database's images by status (DESIGN.md: check the API against the database).
+database's images by status (docs/design.md, "Scale facts": check the API against the database).
 Goal: growth < 200 MB at every size.
 """
 
@@ -103,8 +103,8 @@ def child(size: int, base_url: str, model: str, shard_size: int, concurrency: in
     result = {
         "size": size,
         "seconds": seconds,
-        "done": report["images"].get("done", 0),
-        "calls": report["calls"],
+        "done": report.images.get("done", 0),
+        "calls": report.calls,
         "baseline": baseline,
         "peak": peak,
         "after": after,

@@ -9,7 +9,7 @@
   loopback port, so it does not share the benchmark's GIL. It is a rehearsal
   endpoint, NOT a model: its quality numbers are simulated (SIMULATOR_NOTE).
 - Prefect: `prefect_test_harness` (a temporary SQLite API server in a
-  subprocess), with a task-run recorder batch size large enough to keep every task run.
+  subprocess), with the task-run recorder batch size docs/design.md ("Scale facts") gives.
 
 Nothing here runs at import time; every script calls these from main().
 """
@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:  # run as `python bench/<name>.py` from a checkout
 from models.labels import ACTION_UNITS, FaceLabels, Split  # noqa: E402
 from models.schemas import ImportCandidate  # noqa: E402
 from core.config import Settings  # noqa: E402
+from tasks.runs import RunReport  # noqa: E402
 
 SIMULATOR_NOTE = (
     "Endpoint: the seke simulator, an offline REHEARSAL endpoint, not a real model. "
@@ -59,7 +60,7 @@ KNOWN_PATTERNS: tuple[tuple[str, ...], ...] = (
     (),
 )
 
-#: Measured: without this the ephemeral API drops task runs at scale (bench/README.md, flow_memory).
+#: docs/design.md, "Scale facts": without this the ephemeral API drops task runs at scale.
 RECORDER_BATCH_SIZE = "500"
 
 
@@ -211,7 +212,7 @@ def simulator_process(latency_ms: float = 0.0) -> Iterator[SimulatorProcess]:
 
 @contextmanager
 def prefect_api() -> Iterator[None]:
-    """A temporary Prefect API server with the task-run recorder batch size of RECORDER_BATCH_SIZE."""
+    """A temporary Prefect API server with the recorder batch size of docs/design.md ("Scale facts")."""
     os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", RECORDER_BATCH_SIZE)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no "Failed to send telemetry"
     from prefect.testing.utilities import prefect_test_harness
@@ -278,10 +279,9 @@ def database_run_counts(settings: Settings, run_name: str) -> dict[str, int]:
 def annotate_without_prefect(
     settings: Settings, run_name: str, base_url: str, model: str, config, concurrency: int, *, limit: int | None = None,
     image_ids: list[int] | None = None,
-) -> dict:
+) -> RunReport:
     """The annotate engine over the run's images on one event loop, without Prefect: the flow minus Prefect."""
     import asyncio
-    from dataclasses import asdict
 
     from core.db import database_url, session_factory
     from core.store import open_store
@@ -316,7 +316,7 @@ def annotate_without_prefect(
     asyncio.run(run())
     with sessions.begin() as session:
         close_run(session, run_id, stop_reason=None)
-        return asdict(run_report(session, run_id))
+        return run_report(session, run_id)
 
 
 # --- printing ---------------------------------------------------------------------------------

@@ -259,8 +259,8 @@ def main() -> None:
             with CpuMeter(simulator.pid, database_url) as bare_cpu:
                 bare_s, bare_calls = asyncio.run(bare_loop(simulator.base_url, simulator.model, plans, args.concurrency))
 
-    flow_images = report["images"].get("done", 0)
-    flow_calls = report["calls"]
+    flow_images = report.images.get("done", 0)
+    flow_calls = report.calls
     calls_per_image = flow_calls / max(flow_images, 1)
     ideal = args.concurrency / (calls_per_image * args.latency_ms / 1000) if args.latency_ms else float("nan")
     flow_rate, bare_rate = flow_images / flow_s, len(plans) / bare_s
@@ -279,7 +279,7 @@ def main() -> None:
         ],
     )
     print(f"ideal (concurrency / (calls per image x latency)): {ideal:.2f} images/s")
-    tokens_per_call = (report["tokens_in"] + report["tokens_out"]) / max(flow_calls, 1)
+    tokens_per_call = (report.tokens_in + report.tokens_out) / max(flow_calls, 1)
     endpoint = report_endpoint_limits(simulator.base_url)
     print(
         f"client rate limiter: {endpoint} ({tokens_per_call:.0f} tokens per call; OpenAI's default of "
@@ -346,10 +346,10 @@ def compare_workers(args: argparse.Namespace) -> None:
                 db_done = database_run_counts(settings, run_name).get("done", 0)
                 checks.append(f"{workers} worker(s): Prefect API task runs {api_total - api_before}, database images done {db_done}")
                 api_before = api_total
-                done = report["images"].get("done", 0)
+                done = report.images.get("done", 0)
                 first_call, last_call = flow_call_window(settings, run_name)
                 window = last_call - first_call
-                rows.append([workers, args.concurrency // workers, done, report["calls"], f"{seconds:.1f}", f"{window:.1f}",
+                rows.append([workers, args.concurrency // workers, done, report.calls, f"{seconds:.1f}", f"{window:.1f}",
                              done / seconds, done / window])
     print(f"\n{args.images} images, {args.latency_ms:g} ms per call, total concurrency {args.concurrency}")
     print_table(

@@ -178,12 +178,12 @@ def main() -> None:
                             concurrency=args.concurrency, shard_size=args.shard_size,
                             images_per_task=args.images_per_task,
                         )
-                        done, calls = report["images"].get("done", 0), report["calls"]
+                        done, calls = report.images.get("done", 0), report.calls
                     elif run_name == "bench-plain":
                         report = annotate_without_prefect(
                             settings, run_name, simulator.base_url, simulator.model, config, args.concurrency
                         )
-                        done, calls = report["images"].get("done", 0), report["calls"]
+                        done, calls = report.images.get("done", 0), report.calls
                     else:
                         plans = call_plans(settings, "bench-flow")
                         started = time.perf_counter()  # the plans are read from the database first, not timed

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         description="OpenAI-compatible endpoint (https://api.openai.com/v1, a vLLM server…); empty starts the simulator.",
     )
     vllm_model: str = Field(default="gpt-4o", description="Model name sent to the endpoint.")
+    vllm_simulated: bool = Field(
+        default=False,
+        description="The endpoint is the offline simulator (a rehearsal): runs, exports and reports say so.",
+    )
     vllm_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of the endpoint.")
     requests_per_minute: int | None = Field(
         default=None, gt=0, description="The endpoint's request rate cap, shared by all workers of a run (unset: see tasks/vllm.py HOSTED_RATE_LIMITS)."

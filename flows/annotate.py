@@ -30,7 +30,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -57,7 +57,8 @@ from core.db import database_url, get_engine, release_idle_connections, session_
 from core.store import open_store
 from core.version import code_version
 from flows.workers import StopSignals, Watch, flow_run_cancelled, start_deployment_workers, start_local_workers
-from tasks.annotate import AnnotateConfig, AnnotateSession, Annotator, Budget, ImageOutcome, WriteBuffer, drive
+from tasks.annotate import AnnotateSession, Annotator, Budget, ImageOutcome, WriteBuffer, drive
+from tasks.config import AnnotateConfig
 from tasks.budget import run_spent, shared_budget_reason
 from tasks.leases import claim, expire_dead_local, new_worker_id, next_expiry_s, release
 from tasks.ratelimit import RateLimiter
@@ -225,7 +226,7 @@ async def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: 
 def _publish_report(report: RunReport, run_name: str) -> None:
     """End-of-run artifacts: the numbers a user checks before using the data."""
     key = slug(run_name)
-    simulated = " (simulator: rehearsal numbers, not a real model's quality)" if "simulator" in report.model else ""
+    simulated = " (simulator: rehearsal numbers, not a real model's quality)" if report.simulated else ""
     create_table_artifact(
         [{"samples": k, "images": v} for k, v in report.samples_histogram.items()],
         key=f"{key}-samples-per-image",
@@ -269,6 +270,7 @@ class WorkerSettings:
     base_url: str | None = None
     model: str | None = None
     lease_s: float = 30.0
+    simulated: bool = False
 
 
 def params_payload(params: WorkerSettings) -> dict[str, Any]:
@@ -288,7 +290,7 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
     settings = get_settings()
     concurrency = params.concurrency or settings.concurrency
     sessions = session_factory(settings, concurrency)
-    vllm_config = VLLMConfig.from_settings(settings, base_url=params.base_url, model=params.model)
+    vllm_config = VLLMConfig.from_settings(settings, base_url=params.base_url, model=params.model, simulated=params.simulated)
     worker = new_worker_id()
     with sessions.begin() as session:
         expire_dead_local(session, params.run_id)
@@ -348,7 +350,7 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
     return feeder.counts, stop_reason
 
 
-def _final_state(result: dict, stop_reason: str | None):
+def _final_state(result: Any, stop_reason: str | None):
     """Cancelled for a cancel or an interrupt (a terminal state, never CANCELLING); Completed otherwise."""
     if stop_reason and (stop_reason.startswith("cancelled") or stop_reason.startswith("interrupted")):
         return Cancelled(message=f"run stopped: {stop_reason}", data=result)
@@ -383,17 +385,18 @@ def annotate_flow(
     images_per_task: int = 1,
     base_url: str | None = None,
     model: str | None = None,
+    simulated: bool = False,
     image_ids: list[int] | None = None,
     kind: str = "annotate",
     workers: int = 1,
     via_deployments: bool = False,
     lease_s: float = 30.0,
-):
-    """Annotate (or resume, or join) run `run_name` with `workers` workers; returns the run report as a dict.
+) -> RunReport:
+    """Annotate (or resume, or join) run `run_name` with `workers` workers; returns the run report.
 
     The endpoint comes from settings (SEKE_VLLM_*); `base_url`/`model` override
-    it, e.g. with a simulator started for the demo. Secrets never pass through
-    flow parameters.
+    it, e.g. with a simulator started for the demo (which passes `simulated`).
+    Secrets never pass through flow parameters.
     """
     logger = get_run_logger()
     # A schedule's runs share one pattern: `nightly-{scheduled:%Y%m%d}` names each after its own start time.
@@ -401,7 +404,7 @@ def annotate_flow(
     settings = get_settings()
     config = config or AnnotateConfig()
     sessions = session_factory(settings, concurrency)
-    vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model)
+    vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model, simulated=simulated)
 
     with sessions.begin() as session:
         run_id = open_run(
@@ -416,8 +419,9 @@ def annotate_flow(
             image_ids=image_ids,
         )
     params = WorkerSettings(
-        run_name, run_id, config, max_calls, max_cost_usd, concurrency, shard_size, images_per_task, base_url, model, lease_s
-    )
+        run_name, run_id, config, max_calls, max_cost_usd, concurrency, shard_size, images_per_task, base_url, model, lease_s,
+        simulated,
+    )  # fmt: skip
     own_id = FlowRunContext.get().flow_run.id
     if workers == 1 and not via_deployments:
         _, stop_reason = work(params, [own_id])
@@ -428,7 +432,7 @@ def annotate_flow(
         report = run_report(session, run_id)
     _publish_report(report, run_name)
     logger.info("run %s %s: %s", run_name, status, dict(report.images))
-    return _final_state({**asdict(report), "run_id": run_id}, report.stop_reason if status == "stopped" else None)
+    return _final_state(report, report.stop_reason if status == "stopped" else None)
 
 
 def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployments: bool) -> str | None:

@@ -12,21 +12,29 @@ alone, so it would cost one call per image per run for nothing.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
 
 from flows.annotate import annotate_flow
 from models.labels import Task
 from models.names import Name, check_name, slug
 from core.config import get_settings
 from core.db import session_factory
-from tasks.annotate import AnnotateConfig
+from tasks.config import AnnotateConfig
 from tasks.audit import ABLATIONS, AblationResult, ablation_result, ablation_table, agreement, complete_images
 from tasks.uamc import UAMCConfig
 from tasks.vllm import VLLMConfig
+
+
+class AuditResult(BaseModel):
+    """Regenerated vs. human labels, one row per Table 4 setting."""
+
+    table: str  # markdown in Table 4's layout, the paper's rows included and labelled
+    rows: list[AblationResult]
+    simulated: bool  # the endpoint was the offline simulator: a rehearsal, not a model's quality
 
 
 @flow(name="audit", flow_run_name="audit-{name}")
@@ -37,15 +45,16 @@ def audit_flow(
     model: str | None = None,
     seed: int = 0,
     concurrency: int | None = None,
-) -> dict:
-    """Audit `limit` fully labelled images; returns {"table": markdown, "rows": [one per Table 4 setting]}."""
+    simulated: bool = False,
+) -> AuditResult:
+    """Audit `limit` fully labelled images against the endpoint (`simulated`: it is the offline simulator)."""
     logger = get_run_logger()
     settings = get_settings()
     sessions = session_factory(settings)
     for ablation in ABLATIONS:  # the runs' names derive from the audit's: checked before any call
         for task in Task:
             check_name(f"{name}-{ablation.slug}-mask-{task.value}", "audit run name")
-    endpoint_model = VLLMConfig.from_settings(settings, base_url=base_url, model=model).model  # fails fast without one
+    endpoint = VLLMConfig.from_settings(settings, base_url=base_url, model=model, simulated=simulated)  # fails fast without one
     with sessions() as session:
         image_ids = complete_images(session, limit=limit)
     if not image_ids:
@@ -72,17 +81,18 @@ def audit_flow(
                 concurrency=concurrency,
                 base_url=base_url,
                 model=model,
+                simulated=simulated,
                 image_ids=image_ids,
                 kind="audit",
             )
             with sessions() as session:
-                by_task[task] = agreement(session, report["run_id"], task)
+                by_task[task] = agreement(session, report.run_id, task)
         rows.append(ablation_result(ablation, by_task))
 
-    table = ablation_table(rows, model=endpoint_model)
+    table = ablation_table(rows, model=endpoint.model, simulated=endpoint.simulated)
     create_markdown_artifact(
         f"# Audit {name}\n\n{table}\n",
         key=f"audit-{slug(name)}",
         description="Regenerated vs. human labels per Table 4 setting (SEKE §4.5.2)",
     )
-    return {"table": table, "rows": [asdict(row) for row in rows]}
+    return AuditResult(table=table, rows=rows, simulated=endpoint.simulated)

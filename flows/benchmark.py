@@ -11,11 +11,12 @@ import datetime as dt
 from contextlib import ExitStack
 from typing import Any, Literal
 
+from huggingface_hub.utils import disable_progress_bars
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel
 from sqlalchemy import select
 
-from flows.finetune import local_checkpoint
 from flows.progress import advance
 from models.names import Name, slug
 from models.orm import BenchmarkRun
@@ -25,7 +26,9 @@ from core.redact import redact_url
 from core.store import open_store
 from core.version import code_version
 from tasks.annotate import store_prompt
+from tasks.checkpoints import local_checkpoint
 from tasks.benchmark.charts import au_f1_chart, radar_chart
+from tasks.benchmark.metrics import BenchmarkScores
 from tasks.benchmark.paper import table2_markdown, table_rows
 from tasks.benchmark.prompt import benchmark_prompt
 from tasks.vllm import VLLMClient, VLLMConfig
@@ -43,6 +46,17 @@ from tasks.benchmark.runner import (
 SIMULATOR_NOTE = "The model is the offline simulator: these numbers rehearse the pipeline, they are not a real model's quality."
 
 
+class BenchmarkResult(BaseModel):
+    """One benchmark run's scores, in Table 2's layout beside the paper's rows."""
+
+    benchmark_run_id: int
+    scores: BenchmarkScores
+    table: str  # markdown, the paper's rows included and labelled
+    rows: list[dict[str, Any]]  # Table 2's columns, one row per model
+    charts: list[str]  # local PNG paths (also uploaded to the store)
+    simulated: bool  # the model was the offline simulator: a rehearsal, not a model's quality
+
+
 @flow(name="benchmark", flow_run_name="benchmark-{name}")
 def benchmark_flow(
     name: Name,
@@ -56,21 +70,25 @@ def benchmark_flow(
     concurrency: int = 8,
     parser_model: str | None = None,
     temperature: float = ENDPOINT_TEMPERATURE,
-) -> dict[str, Any]:
+    simulated: bool = False,
+) -> BenchmarkResult:
     """Score `model` on FEAB; re-running a name resumes its unanswered images.
 
     `parser_model` (a model at `base_url` / SEKE_VLLM_BASE_URL) re-reads answers that
     neither the JSON nor the text parser could read, as in the paper's Appendix C. `temperature` is the
     endpoint's sampling temperature (default: the one the paper's rows were measured at, see
-    tasks/benchmark/runner.py); checkpoints answer greedily.
+    tasks/benchmark/runner.py); checkpoints answer greedily. `simulated` says the endpoint is the
+    offline simulator (decided where the endpoint was chosen).
     """
     logger = get_run_logger()
     settings = get_settings()
     sessions, store = session_factory(settings), open_store(settings)
     prompt = benchmark_prompt()
+    if kind == "endpoint":
+        simulated = VLLMConfig.from_settings(settings, base_url=base_url, model=model, simulated=simulated).simulated
     config = {
         "kind": kind, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-        "base_url": redact_url(base_url) if base_url else None, "parser_model": parser_model,
+        "base_url": redact_url(base_url) if base_url else None, "parser_model": parser_model, "simulated": simulated,
         "temperature": temperature if kind == "endpoint" else 0.0,
     }  # fmt: skip
     with sessions.begin() as session:
@@ -108,6 +126,7 @@ def benchmark_flow(
                 todo, store=store, client=client, concurrency=concurrency, on_answer=on_answer, temperature=temperature
             )
         elif todo:
+            disable_progress_bars()  # before transformers loads: the flow logs progress; bars would interleave with it
             model_dir = local_checkpoint(model, store, settings.resolved_state_dir / "cache" / "models")
             answer_with_checkpoint(
                 todo, store=store, model_dir=model_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, on_answer=on_answer
@@ -122,7 +141,7 @@ def benchmark_flow(
 
     label = f"{name} ({model})"
     markdown = table2_markdown([(label, scores)])
-    if "simulator" in model:
+    if simulated:
         markdown += "\n\n" + SIMULATOR_NOTE
     chart_dir = settings.resolved_state_dir / "benchmarks" / name
     charts = [au_f1_chart([(label, scores)], chart_dir / "au_f1.png"), radar_chart([(label, scores)], chart_dir / "radar.png")]
@@ -138,10 +157,11 @@ def benchmark_flow(
         f"complete (expression, valence/arousal and AUs): {scores.n_complete} of {scores.n}",
         key=f"{key}-report",
     )
-    return {
-        "benchmark_run_id": run_id,
-        "scores": scores.model_dump(mode="json"),
-        "table": markdown,
-        "rows": table_rows([(label, scores)]),
-        "charts": [str(c) for c in charts],
-    }
+    return BenchmarkResult(
+        benchmark_run_id=run_id,
+        scores=scores,
+        table=markdown,
+        rows=table_rows([(label, scores)]),
+        charts=[str(c) for c in charts],
+        simulated=simulated,
+    )

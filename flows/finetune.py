@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
@@ -28,8 +29,10 @@ from models.names import Name
 from models.orm import Checkpoint, Export, TrainingRun
 from core.config import Settings, get_settings
 from core.db import session_factory
-from core.store import ObjectStore, check_key, confined_path, download_prefix, open_store, upload_dir
+from core.store import ObjectStore, confined_path, download_prefix, open_store, upload_dir
 from core.version import code_version
+from flows.deployments import trigger
+from tasks.checkpoints import STORE_PREFIX, local_checkpoint
 
 
 def _model_prefix(name: str, part: str) -> str:
@@ -48,28 +51,6 @@ def fetch_export(store: ObjectStore, export: Export, cache: Path) -> Path:
             if not target.exists():
                 store.download_file(key, target)
     return local
-
-
-STORE_PREFIX = "store:"
-
-
-def local_checkpoint(spec: str, store: ObjectStore, cache: Path) -> Path:
-    """A checkpoint directory from `store:<prefix>` (fetched once into `cache`) or a local path."""
-    if spec.startswith(STORE_PREFIX):
-        prefix = check_key(spec.removeprefix(STORE_PREFIX).strip("/"))
-        if not prefix:
-            raise FileNotFoundError(f"checkpoint {spec!r} names no prefix: use {STORE_PREFIX}<prefix>")
-        local = cache / prefix.replace("/", "__")  # one folder under the cache (no segment is "." or "..")
-        if not (local / "config.json").exists():
-            download_prefix(store, prefix, local)
-        return local
-    path = Path(spec).expanduser().resolve()
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"checkpoint {spec!r} has no config.json: pass a local LLaVA-OneVision checkpoint directory, "
-            f"or {STORE_PREFIX}<prefix> for one in the object store"
-        )
-    return path
 
 
 def resolve_base_model(
@@ -155,6 +136,21 @@ def _train_in_subprocess(command: list[str], launch_env: dict[str, str], on_step
     return result
 
 
+class FinetuneResult(BaseModel):
+    """A completed training run; stored as the run's `result`, so a re-run returns it without training."""
+
+    training_run_id: int
+    final_uri: str
+    final_model: str  # `store:<prefix>`: what the benchmark flow takes as its model
+    steps: int
+    first_loss: float
+    last_loss: float
+    tokens_seen: int
+    train_time_s: float
+    skipped_ids: list[str]
+    world_size: int = 1
+
+
 @flow(name="finetune", flow_run_name="finetune-{name}")
 def finetune_flow(
     name: Name,
@@ -169,7 +165,7 @@ def finetune_flow(
     machine_rank: int = 0,
     main_process_ip: str | None = None,
     main_process_port: int | None = None,
-) -> dict[str, Any]:
+) -> FinetuneResult:
     """Fine-tune on export `export_id`; returns the training result with the final model's URI.
 
     One process trains in the flow's own process. Several (`processes` over
@@ -180,6 +176,9 @@ def finetune_flow(
     benchmark deployment when training completes: the deployment path of the
     trigger chain.
     """
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # before transformers loads: the flow logs progress; bars would interleave with it
     import torch
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -199,7 +198,7 @@ def finetune_flow(
     run_id, finished = _open_training_run(settings, name, export_id, config.to_dict())
     if finished is not None:
         logger.info("training run %s already completed; not training again", name)
-        result = finished
+        result = FinetuneResult.model_validate(finished)
     else:
         store = open_store(settings)
         sessions = session_factory(settings)
@@ -263,24 +262,22 @@ def finetune_flow(
             trained = _train_in_subprocess(command, launch_env, on_step, logger)
         push_new_checkpoints()  # the checkpoint written after the last step
         final_uri = upload_dir(store, Path(trained["final_dir"]), _model_prefix(name, "final"))
-        result = {
-            "training_run_id": run_id,
-            "final_uri": final_uri,
-            "final_model": STORE_PREFIX + _model_prefix(name, "final"),
-            "world_size": trained["world_size"],
+        result = FinetuneResult(
+            training_run_id=run_id,
+            final_uri=final_uri,
+            final_model=STORE_PREFIX + _model_prefix(name, "final"),
+            world_size=trained["world_size"],
             **{key: trained[key] for key in ("steps", "first_loss", "last_loss", "tokens_seen", "train_time_s", "skipped_ids")},
-        }
+        )
         with sessions.begin() as session:
             run = session.get(TrainingRun, run_id)
             run.base_model = base_name
             run.status = "completed"
             run.device = "cuda" if torch.cuda.is_available() else "cpu"
             run.final_uri = final_uri
-            run.result = result
+            run.result = result.model_dump(mode="json")
             run.finished_at = dt.datetime.now(dt.UTC)
         logger.info("training run %s: loss %.3f → %.3f in %s steps", name, result["first_loss"], result["last_loss"], result["steps"])
     if then_benchmark is not None:
-        from flows.pipeline import trigger
-
-        trigger("benchmark", {**then_benchmark, "model": result["final_model"], "training_run_id": run_id}, key=f"{name}:benchmark")
+        trigger("benchmark", {**then_benchmark, "model": result.final_model, "training_run_id": run_id}, key=f"{name}:benchmark")
     return result

@@ -1,4 +1,4 @@
-"""The trigger chain: annotate → export → fine-tune → benchmark, with lineage recorded.
+"""The pipeline: annotate → export → fine-tune → benchmark, with lineage recorded.
 
 Two ways to run it:
 - in-process (no Prefect server needed): the flows run as sub-flows, one after another;
@@ -16,40 +16,38 @@ Two ways to run it:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Completed
+from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from flows.annotate import annotate_flow
-from flows.benchmark import benchmark_flow
-from flows.finetune import finetune_flow
+from flows.benchmark import BenchmarkResult, benchmark_flow
+from flows.deployments import trigger
+from flows.finetune import FinetuneResult, finetune_flow
 from models.names import Name, check_name
 from models.orm import Export, Instruction, Run
 from core.config import get_settings
 from core.db import session_factory
 from core.store import open_store
-from tasks.annotate import AnnotateConfig
+from tasks.config import AnnotateConfig
 from tasks.export import record_export
-
-#: "<flow name>/<deployment name>" of the deployments infra/deployments.py creates.
-DEPLOYMENTS = {
-    "annotate": "annotate/annotate",
-    "annotate-worker": "annotate-worker/annotate-worker",
-    "finetune": "finetune/finetune",
-    "benchmark": "benchmark/benchmark",
-    "audit": "audit/audit",
-    "pipeline": "pipeline/pipeline",
-}
+from tasks.runs import RunReport
 
 
-def trigger(flow_key: str, parameters: dict[str, Any], *, key: str):
-    """Start a deployment without waiting; the same key returns the same flow run (no duplicate)."""
-    from prefect.deployments import run_deployment
+class PipelineResult(BaseModel):
+    """How far the chain got: each later field is set once its step ran (in-process) or was started."""
 
-    return run_deployment(name=DEPLOYMENTS[flow_key], parameters=parameters, timeout=0, idempotency_key=key)
+    annotate: RunReport
+    stopped: str | None = None  # why nothing was exported: the annotate run did not complete
+    export_id: int | None = None
+    finetune: FinetuneResult | None = None
+    benchmark: BenchmarkResult | None = None
+    finetune_flow_run_id: str | None = None  # via deployments: the fine-tune flow run started (or found)
+    message: str | None = None  # via deployments: what was submitted, or that it already was
 
 
 @dataclass(frozen=True)
@@ -108,25 +106,30 @@ def pipeline_flow(
     annotate_config: AnnotateConfig | None = None,
     base_url: str | None = None,
     model: str | None = None,
+    simulated: bool = False,
     concurrency: int | None = None,
     base_model: str | None = None,
     train_config: dict[str, Any] | None = None,
     benchmark_limit: int | None = None,
     via_deployments: bool = False,
-) -> dict[str, Any]:
-    """Annotate `run_name`, then export it, fine-tune on it and benchmark the result."""
+    train: bool = True,
+) -> PipelineResult:
+    """Annotate `run_name`, then export it and (with `train`) fine-tune on it and benchmark the result."""
     logger = get_run_logger()
     # The chain's names derive from the run's: checked before any call is paid for.
     finetune_name = check_name(f"{run_name}-finetune", "fine-tune name")
     benchmark_name = check_name(f"{finetune_name}-feab", "benchmark name")
     annotated = annotate_flow(
-        run_name=run_name, config=annotate_config, limit=limit, base_url=base_url, model=model, concurrency=concurrency
-    )
-    if annotated["status"] != "completed":
-        reason = annotated["stop_reason"] or annotated["status"]
+        run_name=run_name, config=annotate_config, limit=limit, base_url=base_url, model=model, simulated=simulated,
+        concurrency=concurrency,
+    )  # fmt: skip
+    if annotated.status != "completed":
+        reason = annotated.stop_reason or annotated.status
         logger.warning("run %s did not complete (%s): not exporting or training; re-run to resume", run_name, reason)
-        return {"annotate": annotated, "stopped": reason}
+        return PipelineResult(annotate=annotated, stopped=reason)
     export_id = export_for(run_name)
+    if not train:
+        return PipelineResult(annotate=annotated, export_id=export_id)
     benchmark = {"name": benchmark_name, "kind": "checkpoint", "limit": benchmark_limit}
     if via_deployments:
         submitted = submit(
@@ -143,14 +146,10 @@ def pipeline_flow(
         # Not waiting for hours of training on the cpu pool: the pipeline ends here, and its state says so.
         message = submitted.describe("fine-tune") + ("; it starts the benchmark when it completes" if submitted.new else "")
         logger.info(message)
-        result = {
-            "annotate": annotated,
-            "export_id": export_id,
-            "finetune_flow_run_id": submitted.flow_run_id,
-            "finetune_submitted": asdict(submitted),
-            "message": message,
-        }
+        result = PipelineResult(
+            annotate=annotated, export_id=export_id, finetune_flow_run_id=submitted.flow_run_id, message=message
+        )
         return Completed(name="Submitted" if submitted.new else "Already submitted", message=message, data=result)
     trained = finetune_flow(name=finetune_name, export_id=export_id, base_model=base_model, train_config=train_config)
-    scored = benchmark_flow(**benchmark, model=trained["final_model"], training_run_id=trained["training_run_id"])
-    return {"annotate": annotated, "export_id": export_id, "finetune": trained, "benchmark": scored}
+    scored = benchmark_flow(**benchmark, model=trained.final_model, training_run_id=trained.training_run_id)
+    return PipelineResult(annotate=annotated, export_id=export_id, finetune=trained, benchmark=scored)

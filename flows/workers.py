@@ -33,7 +33,7 @@ from tasks.runs import stop_requested
 
 log = logging.getLogger(__name__)
 
-#: The worker flow's deployment (infra/deployments.py), as `run_deployment` names it.
+#: The worker flow's deployment (flows/deployments.py), as `run_deployment` names it.
 WORKER_DEPLOYMENT = "annotate-worker/annotate-worker"
 
 #: Prefect states in which a flow run has been asked to stop.

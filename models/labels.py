@@ -39,7 +39,7 @@ Unit = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 
 class Task(StrEnum):
-    """The three descriptions UAMC samples (DESIGN.md: expression, VA, AU)."""
+    """The three descriptions UAMC samples (docs/design.md, "UAMC, made precise": expression, VA, AU)."""
 
     EXPRESSION = "expression"
     VA = "va"

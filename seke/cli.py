@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -28,11 +28,12 @@ from rich.text import Text
 
 from core.config import Settings, get_settings
 from tasks.importers import IMPORTERS
-from tasks.train import DEMO_TRAIN_CONFIG
 
 if TYPE_CHECKING:
+    from flows.benchmark import BenchmarkResult
     from tasks.ingest import IngestReport
     from simulator.server import SimulatorConfig
+    from tasks.runs import RunReport
 
 # No locals in tracebacks: they would print endpoint URLs (and any key in them) to the console.
 app = typer.Typer(
@@ -95,10 +96,10 @@ def _bars():
 
 
 def _ready(settings: Settings) -> None:
-    """Bring the schema to head: every command works on a fresh state directory."""
-    from core.migrate import upgrade
+    """Bring the schema to head: every command works on a fresh state directory (cheap when at head)."""
+    from core.migrate import ensure_head
 
-    upgrade(settings)
+    ensure_head(settings)
 
 
 @db_app.command("upgrade")
@@ -251,6 +252,10 @@ def images_stats() -> None:
     _ready(settings)
     with session_scope(settings) as session:
         rows = image_stats(session)
+    _print_image_stats(rows)
+
+
+def _print_image_stats(rows: list[tuple[str, str, int, int, int, int, int]]) -> None:
     table = Table("source", "split", "images", "subjects", "expression", "valence/arousal", "AUs", title="images")
     for row in rows:
         table.add_row(*(str(value) for value in row))
@@ -284,21 +289,21 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(simulator_app, name="simulator")
 
 
-def _prefect_defaults() -> None:
-    """Prefect for the flows this process runs (core/logs.py): before Prefect is imported."""
-    from core.logs import embedded_prefect
+class Endpoint(NamedTuple):
+    """The endpoint a flow uses: overrides of SEKE_VLLM_* (None: the settings'), and whether it is the simulator."""
 
-    embedded_prefect(get_settings().resolved_state_dir, verbose=_verbose)
-    from flows.api_server import install
-
-    install()  # Prefect's temporary API server stops itself if this process is killed
+    base_url: str | None = None
+    model: str | None = None
+    simulated: bool = False
 
 
 @contextmanager
-def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = None) -> Iterator[tuple[str | None, str | None]]:
-    """(base_url, model) overrides: none when SEKE_VLLM_BASE_URL is set, else a simulator started here."""
+def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = None) -> Iterator[Endpoint]:
+    """The settings' endpoint when SEKE_VLLM_BASE_URL is set, else a simulator started here.
+
+    This is where the endpoint is chosen, so this is where `simulated` is decided; flows carry it on."""
     if settings.vllm_base_url:
-        yield None, None
+        yield Endpoint()
         return
     from simulator.server import SimulatorConfig, running_simulator
 
@@ -308,7 +313,21 @@ def _endpoint(settings: Settings, simulator_config: SimulatorConfig | None = Non
             f"[yellow]No SEKE_VLLM_BASE_URL: using the built-in simulator at {base_url} "
             "(rehearsal only: its labels are not a real model's quality).[/yellow]"
         )
-        yield base_url, config.model_name
+        yield Endpoint(base_url, config.model_name, simulated=True)
+
+
+@contextmanager
+def _flows(settings: Settings) -> Iterator[None]:
+    """The schema at head and Prefect's settings for the flows this command runs."""
+    from core.logs import route_logs
+    from flows.api_server import install
+    from flows.runtime import prefect_settings
+
+    _ready(settings)
+    with prefect_settings(settings):
+        route_logs(settings.resolved_state_dir / "logs" / "prefect.log", verbose=_verbose)
+        install()  # Prefect's temporary API server stops itself if this process is killed
+        yield
 
 
 class Normaliser(StrEnum):
@@ -346,13 +365,11 @@ def annotate(
 
     Several invocations (or --workers K) on one run share its images; Ctrl-C or
     SIGTERM stop it cleanly, and re-running the same name resumes it."""
-    _prefect_defaults()
     from flows.annotate import annotate_flow
-    from tasks.annotate import AnnotateConfig
+    from tasks.config import AnnotateConfig
     from tasks.uamc import UAMCConfig
 
     settings = get_settings()
-    _ready(settings)
     uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
     config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc)
     if pilot and not plan:
@@ -360,13 +377,16 @@ def annotate(
     if plan:
         from flows.plan import plan_annotate
 
-        with _endpoint(settings) if pilot else nullcontext((None, None)) as (base_url, model):
+        with _flows(settings), _endpoint(settings) if pilot else nullcontext(Endpoint()) as endpoint:
             _print_plan(
-                plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model)
+                plan_annotate(
+                    run, config=config, limit=limit, concurrency=concurrency, pilot=pilot,
+                    base_url=endpoint.base_url, model=endpoint.model,
+                )  # fmt: skip
             )
         return
     try:
-        with _endpoint(settings) as (base_url, model), _bars():
+        with _flows(settings), _endpoint(settings) as endpoint, _bars():
             state = annotate_flow(
                 run_name=run,
                 config=config,
@@ -376,8 +396,7 @@ def annotate(
                 concurrency=concurrency,
                 shard_size=shard_size,
                 images_per_task=images_per_task,
-                base_url=base_url,
-                model=model,
+                **endpoint._asdict(),
                 workers=workers,
                 via_deployments=via_deployments,
                 lease_s=lease_s,
@@ -387,18 +406,20 @@ def annotate(
         console.print(f"[yellow]interrupted before run {run!r} started annotating; re-run the command to continue[/yellow]")
         raise typer.Exit(130) from None
     result = state.result(raise_on_failure=False)
-    if not isinstance(result, dict):  # the flow failed before it had a report: one line, not a traceback
+    from tasks.runs import RunReport
+
+    if not isinstance(result, RunReport):  # the flow failed before it had a report: one line, not a traceback
         console.print(f"[red]run {run!r} failed:[/red] {result}")
         raise typer.Exit(1)
     _print_report(result)
-    if result["status"] == "stopped":
-        images = result["images"]
+    if result.status == "stopped":
+        images = result.images
         console.print(
-            f"[yellow]run {run!r} stopped ({result['stop_reason']}): {images.get('done', 0)} of "
+            f"[yellow]run {run!r} stopped ({result.stop_reason}): {images.get('done', 0)} of "
             f"{sum(images.values())} images done; resume with `seke annotate --run {run}`[/yellow]"
         )
         # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel; 0 for a budget (it did what was asked).
-        reason = result["stop_reason"] or ""
+        reason = result.stop_reason or ""
         raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
 
 
@@ -422,19 +443,19 @@ def _print_plan(plan) -> None:
         console.print(f"[dim]{note}[/dim]")
 
 
-def _print_report(report: dict) -> None:
-    table = Table(show_header=False, title=f"run {report['name']}: {report['status']}")
-    table.add_row("model", report["model"] + ("  [yellow](simulator)[/yellow]" if "simulator" in report["model"] else ""))
-    table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report["images"].items()))
-    table.add_row("calls", f"{report['calls']} ({report['invalid_calls']} invalid answers)")
-    table.add_row("tokens", f"{report['tokens_in']} in, {report['tokens_out']} out")
-    table.add_row("cost", f"${report['cost_usd']:.4f}")
-    table.add_row("samples per image", ", ".join(f"{k}: {v}" for k, v in report["samples_histogram"].items()))
-    table.add_row("mean uncertainty", ", ".join(f"{k}: {v:.3f}" for k, v in report["mean_uncertainty"].items()))
-    if report["failures"]:
-        table.add_row("failures", ", ".join(f"{k}: {v}" for k, v in report["failures"].items()))
-    if report["stop_reason"]:
-        table.add_row("stopped", report["stop_reason"])
+def _print_report(report: RunReport) -> None:
+    table = Table(show_header=False, title=f"run {report.name}: {report.status}")
+    table.add_row("model", report.model + ("  [yellow](simulator)[/yellow]" if report.simulated else ""))
+    table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report.images.items()))
+    table.add_row("calls", f"{report.calls} ({report.invalid_calls} invalid answers)")
+    table.add_row("tokens", f"{report.tokens_in} in, {report.tokens_out} out")
+    table.add_row("cost", f"${report.cost_usd:.4f}")
+    table.add_row("samples per image", ", ".join(f"{k}: {v}" for k, v in report.samples_histogram.items()))
+    table.add_row("mean uncertainty", ", ".join(f"{k}: {v:.3f}" for k, v in report.mean_uncertainty.items()))
+    if report.failures:
+        table.add_row("failures", ", ".join(f"{k}: {v}" for k, v in report.failures.items()))
+    if report.stop_reason:
+        table.add_row("stopped", report.stop_reason)
     console.print(table)
 
 
@@ -451,35 +472,33 @@ def _find_run(session, name: str, hint: str):
 @runs_app.command("ls")
 def runs_ls() -> None:
     """List runs, newest first."""
-    from sqlalchemy import select
-
-    from models.orm import Run
     from core.db import session_scope
+    from tasks.runs import list_runs
 
     settings = get_settings()
     _ready(settings)
+    with session_scope(settings) as session:
+        runs = list_runs(session)
     table = Table(title="runs, newest first")
     for column in ("name", "kind", "status", "model", "created"):
         table.add_column(column, no_wrap=True)
     table.add_column("stop reason", overflow="fold")
-    with session_scope(settings) as session:
-        for run in session.scalars(select(Run).order_by(Run.id.desc())):
-            table.add_row(run.name, run.kind, run.status, run.model, f"{run.created_at:%m-%d %H:%M}", run.stop_reason or "")
+    for run in runs:
+        table.add_row(run.name, run.kind, run.status, run.model, f"{run.created_at:%m-%d %H:%M}", run.stop_reason or "")
     console.print(table)
 
 
 @runs_app.command("show")
 def runs_show(name: str) -> None:
     """A run's status, calls, cost, samples per image, uncertainty and failures."""
-    from dataclasses import asdict
-
     from core.db import session_scope
     from tasks.runs import run_report
 
     settings = get_settings()
     _ready(settings)
     with session_scope(settings) as session:
-        _print_report(asdict(run_report(session, _find_run(session, name, "NAME").id)))
+        report = run_report(session, _find_run(session, name, "NAME").id)
+    _print_report(report)
 
 
 @app.command()
@@ -570,17 +589,15 @@ def finetune(
         return
     if name is None or export_id is None:
         raise typer.BadParameter("--name and --export-id are required to train (only --plan runs without them)")
-    _prefect_defaults()
     from flows.finetune import finetune_flow
 
     settings = get_settings()
-    _ready(settings)
-    with _bars():
+    with _flows(settings), _bars():
         result = finetune_flow(
             name=name, export_id=export_id, base_model=base_model, train_config=train_config or None, processes=processes,
             strategy=strategy, accelerate_config=str(accelerate_config) if accelerate_config else None,
         )  # fmt: skip
-    console.print(f"[green]trained[/green] {name}: loss {result['first_loss']:.3f} → {result['last_loss']:.3f} in {result['steps']} steps; model at {result['final_uri']}")
+    console.print(f"[green]trained[/green] {name}: loss {result.first_loss:.3f} → {result.last_loss:.3f} in {result.steps} steps; model at {result.final_uri}")
 
 
 def _print_memory_plan(model: str | None, train_config: dict, gpu_memory_gb: float) -> None:
@@ -616,47 +633,46 @@ def benchmark(
     ] = None,
 ) -> None:
     """Score a model on FEAB: expression accuracy/UAR/WAR, per-AU F1, valence/arousal MAE (Table 2 layout)."""
-    _prefect_defaults()
     import os
 
     from flows.benchmark import benchmark_flow
     from models.names import derived_name
 
     settings = get_settings()
-    _ready(settings)
     if base_url:
         # A URL may carry a key (?api-key=…): it reaches the flow through the environment, never as a flow
         # parameter, which Prefect would store and show.
         os.environ["SEKE_VLLM_BASE_URL"], base_url, settings = base_url, None, get_settings()
-    with ExitStack() as stack:
+    with _flows(settings), ExitStack() as stack:
         stack.enter_context(_bars())
+        simulated = False
         if endpoint and not settings.vllm_base_url:
             # Nothing configured: rehearse against the simulator, whose model name replaces --model
             # (and names the run: the scores are the simulator's, not --model's).
-            base_url, model = stack.enter_context(_endpoint(settings))
+            base_url, model, simulated = stack.enter_context(_endpoint(settings))
         run_name = name or derived_name("feab-" + model)
         result = benchmark_flow(
             name=run_name, model=model, kind="endpoint" if endpoint else "checkpoint", base_url=base_url, limit=limit,
-            parser_model=parser_model, **({} if temperature is None else {"temperature": temperature}),
+            parser_model=parser_model, simulated=simulated, **({} if temperature is None else {"temperature": temperature}),
         )  # fmt: skip
     _print_scores(result)
 
 
-def _print_scores(result: dict) -> None:
+def _print_scores(result: BenchmarkResult) -> None:
     """The headline columns of Table 2 (per-AU F1 is in the artifact, the charts and the database)."""
     from tasks.benchmark.paper import SCORED_AU_MEAN_COLUMN, TABLE2_ALL_COLUMN
 
     columns = ["Method", "EXP Acc (%)", TABLE2_ALL_COLUMN, SCORED_AU_MEAN_COLUMN, "Valence MAE", "Arousal MAE"]
     table = Table(*columns, title="FEAB (rows marked (paper) are the SEKE paper's published Table 2, not this code)")
-    for row in result["rows"]:
+    for row in result.rows:
         table.add_row(*("–" if row[c] is None else f"{row[c]:.3f}" if "MAE" in c else str(row[c]) for c in columns))
     console.print(table)
-    scores = result["scores"]
+    scores = result.scores
     console.print(
-        f"{scores['n']} FEAB images: {scores['n_complete']} answers complete (expression, valence/arousal and AUs), "
-        f"{scores['n_unparseable']} unparseable; charts: {', '.join(result['charts'])}"
+        f"{scores.n} FEAB images: {scores.n_complete} answers complete (expression, valence/arousal and AUs), "
+        f"{scores.n_unparseable} unparseable; charts: {', '.join(result.charts)}"
     )
-    if "simulator" in result["table"]:
+    if result.simulated:
         console.print("[yellow]The model is the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
 
 
@@ -669,21 +685,20 @@ def pipeline(
     via_deployments: Annotated[bool, typer.Option(help="Start fine-tune/benchmark deployments on a Prefect server instead of in-process.")] = False,
 ) -> None:
     """annotate → export → fine-tune → benchmark, with lineage recorded."""
-    _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
     settings = get_settings()
-    _ready(settings)
-    with _endpoint(settings) as (base_url, model), _bars():
+    train_config = _train_config(config)
+    with _flows(settings), _endpoint(settings) as endpoint, _bars():
         result = pipeline_flow(
-            run_name=run, limit=limit, base_url=base_url, model=model, base_model=base_model,
-            train_config=_train_config(config), via_deployments=via_deployments,
+            run_name=run, limit=limit, base_model=base_model, train_config=train_config, via_deployments=via_deployments,
+            **endpoint._asdict(),
         )  # fmt: skip
-    _print_report(result["annotate"])
-    if "benchmark" in result:
-        _print_scores(result["benchmark"])
-    elif "message" in result:
-        console.print(result["message"])
+    _print_report(result.annotate)
+    if result.benchmark is not None:
+        _print_scores(result.benchmark)
+    elif result.message is not None:
+        console.print(result.message)
 
 
 @app.command()
@@ -693,59 +708,40 @@ def demo(
 ) -> None:
     """The whole path on embedded defaults: synthetic data → import → split → SEKE on the simulator →
     export → fine-tune a tiny LLaVA-OneVision on CPU → FEAB benchmark. Safe to re-run: every step resumes."""
-    _prefect_defaults()
-    from flows.pipeline import pipeline_flow
-    from core.db import display_url, session_factory, session_scope
-    from core.store import open_store
-    from tasks.demo_data import write_demo_data
-    from tasks.importers import READERS, ImportOptions
-    from tasks.ingest import ingest
-    from tasks.split import assign_splits
+    from flows.demo import demo_flow
 
     settings = get_settings()
-    _ready(settings)
-    state = settings.resolved_state_dir
-    data = state / "demo-data"
+    console.print("Running the demo flow: synthetic faces → import → split → SEKE → export → fine-tune → benchmark …")
+    with _flows(settings), _endpoint(settings) as endpoint, _bars():
+        result = demo_flow(n=n, train=train, **endpoint._asdict())
     console.rule("1. synthetic faces in every importer's native layout")
-    counts = write_demo_data(data, n=n, seed=0)
-    console.print(f"{sum(counts.values())} faces written to {data}")
+    console.print(f"{sum(result.written.values())} faces written to {result.data_dir}")
     console.rule("2. import (validate, store, record human labels) and subject split")
-    sessions, store = session_factory(settings), open_store(settings)
-    with progress_bar() as progress:
-        for name in counts:
-            task = progress.add_task(f"import {name}", total=counts[name])
-            report = ingest(READERS[name](data / name, ImportOptions()), data / name, sessions, store, on_item=lambda k, task=task: progress.advance(task, k))
-            for problem in report.problems:
-                console.print(f"[yellow]{problem.kind}[/yellow] {escape(str(problem))}", highlight=False)
-    with session_scope(settings) as session:
-        assign_splits(session, seed=0)
-    images_stats()
+    imports = Table("format", "imported", "human labels", "already present", "refused", title="import")
+    for name, report in result.imports.items():
+        imports.add_row(name, str(report.imported), str(report.labels), str(report.already_present), str(len(report.problems)))
+        for problem in report.problems:
+            console.print(f"[yellow]{problem.kind}[/yellow] {escape(str(problem))}", highlight=False)
+    console.print(imports)
+    _print_image_stats(result.image_stats)
     console.rule("3. SEKE annotation on the simulator" + (", fine-tune and benchmark" if train else ""))
-    with _endpoint(settings) as (base_url, model), _bars():
-        if train:
-            result = pipeline_flow(run_name="demo", base_url=base_url, model=model, train_config=DEMO_TRAIN_CONFIG)
-        else:
-            from flows.annotate import annotate_flow
-            from flows.pipeline import export_for
-
-            result = {"annotate": annotate_flow(run_name="demo", base_url=base_url, model=model)}
-            result["export_id"] = export_for("demo")
-    _print_report(result["annotate"])
-    if "benchmark" in result:
+    _print_report(result.pipeline.annotate)
+    if result.pipeline.benchmark is not None:
         console.rule("4. FEAB benchmark of the fine-tuned tiny model")
-        _print_scores(result["benchmark"])
+        _print_scores(result.pipeline.benchmark)
     console.rule("where everything is")
-    console.print(f"database:  {display_url(settings)}")
-    console.print(f"store:     {store.uri('')}")
-    console.print(f"export:    {state / 'exports' / 'demo'} (feid.jsonl, provenance.jsonl, hf/)")
-    if "finetune" in result:
-        console.print(f"model:     {result['finetune']['final_uri']}")
+    console.print(f"database:  {result.database}")
+    console.print(f"store:     {result.store}")
+    console.print(f"export:    {result.export_dir} (feid.jsonl, provenance.jsonl, hf/)")
+    if result.pipeline.finetune is not None:
+        console.print(f"model:     {result.pipeline.finetune.final_uri}")
     console.print("provenance: SELECT * FROM annotation_provenance WHERE run_name = 'demo' LIMIT 20;  (see README)")
     console.print(
         "Prefect UI: run `prefect server start` in another terminal and `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
         "before `seke demo`; its runs then show at http://127.0.0.1:4200"
     )
-    console.print("[yellow]All model answers came from the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
+    if result.pipeline.annotate.simulated:
+        console.print("[yellow]All model answers came from the offline simulator: a rehearsal, not a real model's quality.[/yellow]")
 
 
 @app.command()
@@ -757,14 +753,12 @@ def audit(
 ) -> None:
     """Reliability audit (paper §4.5.2): mask one human description, regenerate it, compare — for each
     Table 4 setting (prior on/off × UAMC on/off). Judge a model/prompt version before a full run."""
-    _prefect_defaults()
     from flows.audit import audit_flow
 
     settings = get_settings()
-    _ready(settings)
-    with _endpoint(settings) as (base_url, model):
-        result = audit_flow(name=name, limit=limit, base_url=base_url, model=model, seed=seed, concurrency=concurrency)
-    console.print(Markdown(result["table"]))
+    with _flows(settings), _endpoint(settings) as endpoint:
+        result = audit_flow(name=name, limit=limit, seed=seed, concurrency=concurrency, **endpoint._asdict())
+    console.print(Markdown(result.table))
 
 
 schedule_app = typer.Typer(help="Recurring annotate runs: schedules on the Prefect server's annotate deployment.", no_args_is_help=True)

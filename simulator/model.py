@@ -4,7 +4,7 @@ It is a rehearsal tool, not a model: it reads the ground truth embedded in
 synthetic images (tasks/groundtruth.py) and corrupts it with noise calibrated
 to the GPT-4o row of the SEKE paper's Table 2 (expression accuracy 61.1 %,
 mean AU F1 29.0 %, valence/arousal MAE 0.342/0.291), measured on single
-samples at temperature 1 over synthetic label sets (tests/test_simulator.py).
+samples at temperature 1 over synthetic label sets (tests/simulator/test_simulator.py).
 
 Per image, a deterministic *belief* (from the image's sha256): expression
 logits, a valence/arousal point, AU logits. Per sample, noise scaled by the

@@ -46,7 +46,8 @@ from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
 from tasks.prompts import RenderedPrompt
 from tasks.ratelimit import RateLimiter
-from tasks.seke import AnnotateConfig, Answer, CallKey, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
+from tasks.config import AnnotateConfig
+from tasks.seke import Answer, CallKey, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
 from tasks.uamc import Step, image_rng
 from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig
 

@@ -171,7 +171,7 @@ def _mae(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def ablation_table(rows: Sequence[AblationResult], *, model: str) -> str:
+def ablation_table(rows: Sequence[AblationResult], *, model: str, simulated: bool) -> str:
     """Markdown in Table 4's layout: our audit rows, then the paper's Table 4 rows, with what each means."""
     header = "| Numbers | Prior | SV-UAMC | EXP Acc (%) | AU F1 (%) | Valence MAE | Arousal MAE |"
     lines = [header, "|---|---|---|---|---|---|---|"]
@@ -203,7 +203,7 @@ def ablation_table(rows: Sequence[AblationResult], *, model: str) -> str:
         "way, scored on FEAB. That is a different quantity (a fine-tuned model's test scores, not annotation "
         "agreement): compare the direction of the differences, not the values.",
     ]
-    if "simulator" in model:
+    if simulated:
         lines.append(
             f"Model {model} is the offline simulator: these audit numbers are a rehearsal of the procedure, "
             "not a real model's quality."

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from models.labels import Split
 from models.orm import Image, Run, RunCallTotal, RunImage, UAMCStep
 from models.vocab import ImageStatus, RunStatus
-from tasks.annotate import AnnotateConfig
+from tasks.config import AnnotateConfig
 
 
 class RunConfigMismatch(ValueError):
@@ -151,28 +151,38 @@ def close_run(session: Session, run_id: int, *, stop_reason: str | None) -> RunS
     return status
 
 
-@dataclass
-class RunReport:
+class RunReport(BaseModel):
+    """What a user checks before using a run's data: the annotate flow's result and `seke runs show`."""
+
+    run_id: int
     name: str
     status: str
     model: str
+    simulated: bool  # the endpoint was the offline simulator: a rehearsal, not a model's quality
     stop_reason: str | None
-    images: dict[str, int] = field(default_factory=dict)
+    images: dict[str, int] = Field(default_factory=dict)
     calls: int = 0
     invalid_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
-    samples_histogram: dict[int, int] = field(default_factory=dict)
-    mean_uncertainty: dict[str, float] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
+    samples_histogram: dict[int, int] = Field(default_factory=dict)
+    mean_uncertainty: dict[str, float] = Field(default_factory=dict)
+    failures: dict[str, int] = Field(default_factory=dict)
+
+
+def simulated(run: Run) -> bool:
+    """Whether the run's endpoint was the offline simulator, as decided where the endpoint was chosen."""
+    return bool(run.config.get("endpoint", {}).get("simulated", False))
 
 
 def run_report(session: Session, run_id: int) -> RunReport:
     run = session.get(Run, run_id)
     if run is None:
         raise ValueError(f"no run with id {run_id}")
-    report = RunReport(run.name, run.status, run.model, run.stop_reason)
+    report = RunReport(
+        run_id=run.id, name=run.name, status=run.status, model=run.model, simulated=simulated(run), stop_reason=run.stop_reason
+    )
     report.images = image_counts(session, run_id)
     # From the summary kept by trigger (migration 0005): a few rows, not a scan of the run's calls.
     calls, invalid, tokens_in, tokens_out, cost = session.execute(
@@ -223,3 +233,25 @@ def find_run(session: Session, name: str) -> Run:
         known = ", ".join(session.scalars(select(Run.name).order_by(Run.id.desc()).limit(10))) or "none yet"
         raise ValueError(f"no run named {name!r} (recent runs: {known})")
     return run
+
+
+class RunRow(BaseModel):
+    """One line of `seke runs ls`."""
+
+    name: str
+    kind: str
+    status: str
+    model: str
+    created_at: dt.datetime
+    stop_reason: str | None
+
+
+def list_runs(session: Session) -> list[RunRow]:
+    """Every annotation run, newest first."""
+    return [
+        RunRow(
+            name=run.name, kind=run.kind, status=run.status, model=run.model,
+            created_at=run.created_at, stop_reason=run.stop_reason,
+        )  # fmt: skip
+        for run in session.scalars(select(Run).order_by(Run.id.desc()))
+    ]

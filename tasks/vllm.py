@@ -59,6 +59,9 @@ class VLLMConfig(BaseModel):
 
     base_url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
     model: str = Field(description="Model name the endpoint serves.")
+    simulated: bool = Field(
+        default=False, description="The endpoint is the offline simulator: its answers rehearse, they are no model's."
+    )
     api_key: SecretStr = Field(default=SecretStr("not-needed"), description="Bearer key; never stored.")
     timeout_s: float = Field(default=120.0, gt=0, description="Per-attempt HTTP timeout.")
     max_attempts: int = Field(default=6, ge=1, description="Attempts per call on transient failures.")
@@ -95,14 +98,18 @@ class VLLMConfig(BaseModel):
         return self
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, base_url: str | None = None, model: str | None = None) -> VLLMConfig:
-        """The config for `settings`; `base_url`/`model` override (e.g. a simulator started on the fly)."""
+    def from_settings(
+        cls, settings: Settings, *, base_url: str | None = None, model: str | None = None, simulated: bool = False
+    ) -> VLLMConfig:
+        """The config for `settings`; `base_url`/`model` override (e.g. a simulator started on the fly, which
+        passes `simulated`). Whoever chooses the endpoint says whether it is the simulator; nothing guesses."""
         url = base_url or settings.vllm_base_url
         if not url:
             raise ValueError("no endpoint: set SEKE_VLLM_BASE_URL, or pass the base_url of a running simulator")
         return cls(
             base_url=url,
             model=model or settings.vllm_model,
+            simulated=simulated if base_url else settings.vllm_simulated,
             api_key=settings.vllm_api_key,
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,

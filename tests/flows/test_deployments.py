@@ -54,7 +54,7 @@ def prefect_server(postgres_admin_url: str, tmp_path: Path) -> Iterator[dict[str
             time.sleep(0.5)
         subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "cpu", "--type", "process"], env=env, check=True, cwd=REPO, capture_output=True)
         subprocess.run(
-            [sys.executable, "-c", "from infra.deployments import build_deployment; build_deployment('annotate-worker').apply()"],
+            [sys.executable, "-c", "from flows.deployments import build_deployment; build_deployment('annotate-worker').apply()"],
             env=env, check=True, cwd=REPO, capture_output=True,
         )
         yield env

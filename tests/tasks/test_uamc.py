@@ -1,4 +1,4 @@
-"""UAMC (Algorithm 1) as DESIGN.md states it."""
+"""UAMC (Algorithm 1) as docs/design.md ("UAMC, made precise") states it."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 from models.labels import ACTION_UNITS, EXPRESSIONS, FaceLabels, Task, task_of
 from tasks import prompts
 
-SNAPSHOTS = Path(__file__).parent / "snapshots"
+SNAPSHOTS = Path(__file__).parents[1] / "snapshots"
 UPDATE = os.environ.get("SEKE_UPDATE_SNAPSHOTS") == "1"
 
 HAPPY = FaceLabels(
@@ -48,10 +48,10 @@ def test_prompt_snapshot(name: str) -> None:
     if UPDATE:
         path.write_text(rendered.text, encoding="utf-8")
     if not path.exists():
-        pytest.fail(f"no snapshot {path}; create it on purpose with SEKE_UPDATE_SNAPSHOTS=1 pytest tests/test_prompts.py")
+        pytest.fail(f"no snapshot {path}; create it on purpose with SEKE_UPDATE_SNAPSHOTS=1 pytest tests/tasks/test_prompts.py")
     assert rendered.text == path.read_text(encoding="utf-8"), (
         f"the text of prompt {rendered.name} v{rendered.version} changed. If intended: bump its version in "
-        f"tasks/prompts.py, then rewrite the snapshots with SEKE_UPDATE_SNAPSHOTS=1 pytest tests/test_prompts.py "
+        f"tasks/prompts.py, then rewrite the snapshots with SEKE_UPDATE_SNAPSHOTS=1 pytest tests/tasks/test_prompts.py "
         "and review the diff."
     )
 

@@ -44,18 +44,20 @@ def test_pipeline_records_lineage_and_reruns_without_redoing_work(fresh: Setting
 
     config = AnnotateConfig(rewrite_with_llm=False)
     with running_simulator(SimulatorConfig()) as base_url:
-        kwargs = dict(run_name="chain", limit=24, annotate_config=config, base_url=base_url, model="seke-simulator", train_config=TRAIN)
+        kwargs = dict(run_name="chain", limit=24, annotate_config=config, base_url=base_url, model="seke-simulator", simulated=True, train_config=TRAIN)
         first = pipeline_flow(**kwargs)
         second = pipeline_flow(**kwargs)
 
-    trained = first["finetune"]
-    assert trained["steps"] == 12 and trained["last_loss"] < trained["first_loss"]
-    assert second["export_id"] == first["export_id"]
-    assert second["finetune"]["training_run_id"] == trained["training_run_id"]
+    trained = first.finetune
+    assert trained.steps == 12 and trained.last_loss < trained.first_loss
+    assert second.export_id == first.export_id
+    assert second.finetune.training_run_id == trained.training_run_id
+    assert first.annotate.simulated and not first.benchmark.simulated  # the benchmark scored the trained checkpoint
     with session_scope(fresh) as session:
-        export = session.get(Export, first["export_id"])
+        export = session.get(Export, first.export_id)
+        assert "offline simulator" in export.manifest["note"]
         assert export.records == 24 and export.uri.endswith("exports/chain")
-        run = session.get(TrainingRun, trained["training_run_id"])
+        run = session.get(TrainingRun, trained.training_run_id)
         assert run.status == "completed" and run.export_id == export.id and run.device == "cpu"
         assert session.scalar(select(func.count(TrainingRun.id))) == 1
         steps = session.scalars(select(Checkpoint.step).where(Checkpoint.training_run_id == run.id).order_by(Checkpoint.step)).all()
@@ -73,12 +75,12 @@ def test_benchmark_scores_an_openai_compatible_endpoint(fresh: Settings) -> None
     from flows.benchmark import benchmark_flow
 
     with running_simulator(SimulatorConfig()) as base_url:
-        result = benchmark_flow(name="sim-zero-shot", model="seke-simulator", kind="endpoint", base_url=base_url)
-    scores = result["scores"]
-    assert scores["n"] > 0 and scores["n_unparseable"] == 0
-    assert 0.3 <= scores["expression_accuracy"] <= 1.0
-    assert "GPT-4o* (paper)" in result["table"] and "simulator" in result["table"]
-    assert all(Path(chart).stat().st_size > 1000 for chart in result["charts"])
+        result = benchmark_flow(name="sim-zero-shot", model="seke-simulator", kind="endpoint", base_url=base_url, simulated=True)
+    scores = result.scores
+    assert scores.n > 0 and scores.n_unparseable == 0
+    assert 0.3 <= scores.expression_accuracy <= 1.0
+    assert result.simulated and "GPT-4o* (paper)" in result.table and "offline simulator" in result.table
+    assert all(Path(chart).stat().st_size > 1000 for chart in result.charts)
     with session_scope(fresh) as session:
         methods = session.scalars(select(BenchmarkAnswer.parse_method)).all()
     assert set(methods) <= {"json", "text"}
@@ -90,15 +92,15 @@ def test_retried_deployment_trigger_does_not_start_a_duplicate() -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from flows.finetune import finetune_flow
-    from flows.pipeline import trigger
+    from flows.deployments import build_deployment, trigger
 
     async def create_pool() -> None:
         async with get_client() as client:
             await client.create_work_pool(WorkPoolCreate(name="gpu", type="process"), overwrite=True)
 
     asyncio.run(create_pool())
-    deployment_id = finetune_flow.to_deployment(name="finetune", work_pool_name="gpu").apply()
+    # The deployment exactly as deploy_all() makes it (later tests re-deploy it in place).
+    deployment_id = build_deployment("finetune").apply()
     parameters = {"name": "retried", "export_id": 1}
     first = trigger("finetune", parameters, key="retried:finetune")
     again = trigger("finetune", parameters, key="retried:finetune")
@@ -162,4 +164,4 @@ def test_answers_no_parser_can_read_go_to_the_llm_parser(fresh: Settings, tmp_pa
     with session_scope(fresh) as session:
         methods = session.scalars(select(BenchmarkAnswer.parse_method)).all()
     assert methods == ["llm"] * 4
-    assert result["scores"]["n_unparseable"] == 0
+    assert result.scores.n_unparseable == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import func, select
@@ -15,6 +16,9 @@ from core.db import session_scope
 from simulator.server import SimulatorConfig, running_simulator
 from tasks.audit import ABLATIONS, compare, complete_images
 from tests.helpers import prepared_settings, use
+
+if TYPE_CHECKING:
+    from flows.audit import AuditResult
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 IMAGES = 6
@@ -30,7 +34,7 @@ def human_snapshot(settings: Settings) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def audited(postgres_admin_url: str, demo: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[tuple[Settings, dict, list[tuple]]]:
+def audited(postgres_admin_url: str, demo: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[tuple[Settings, AuditResult, list[tuple]]]:
     """One audit of IMAGES images with the simulator: (settings, flow result, human labels before the run)."""
     from flows.audit import audit_flow
 
@@ -38,11 +42,11 @@ def audited(postgres_admin_url: str, demo: Path, tmp_path_factory: pytest.TempPa
     before = human_snapshot(settings)
     with pytest.MonkeyPatch.context() as monkeypatch, running_simulator(SimulatorConfig()) as base_url:
         use(settings, monkeypatch)
-        result = audit_flow(name="audit", limit=IMAGES, base_url=base_url, model="seke-simulator", concurrency=8)
+        result = audit_flow(name="audit", limit=IMAGES, base_url=base_url, model="seke-simulator", simulated=True, concurrency=8)
         yield settings, result, before
 
 
-def test_complete_images_are_those_with_all_three_descriptions(audited: tuple[Settings, dict, list[tuple]]) -> None:
+def test_complete_images_are_those_with_all_three_descriptions(audited: tuple[Settings, AuditResult, list[tuple]]) -> None:
     settings, _, _ = audited
     with session_scope(settings) as session:
         ids = complete_images(session, limit=None)
@@ -61,15 +65,15 @@ def test_complete_images_are_those_with_all_three_descriptions(audited: tuple[Se
     assert not {sources[i] for i in ids} & {"affectnet", "rafdb", "disfa", "bp4d", "folder"}
 
 
-def test_audit_runs_every_setting_and_task_and_keeps_human_labels(audited: tuple[Settings, dict, list[tuple]]) -> None:
+def test_audit_runs_every_setting_and_task_and_keeps_human_labels(audited: tuple[Settings, AuditResult, list[tuple]]) -> None:
     settings, result, before = audited
-    rows = result["rows"]
-    assert [(r["use_prior"], r["uamc_enabled"]) for r in rows] == [tuple(a) for a in ABLATIONS]
+    rows = result.rows
+    assert [(r.use_prior, r.uamc_enabled) for r in rows] == [tuple(a) for a in ABLATIONS]
     for row in rows:
-        assert row["images"] == IMAGES and not any(row["failed"].values())
-        assert 0 <= row["expression_accuracy"] <= 1 and 0 <= row["au_f1_mean"] <= 1
-        assert 0 <= row["valence_mae"] <= 2 and 0 <= row["arousal_mae"] <= 2
-    assert "paper Table 4" in result["table"] and "rehearsal" in result["table"]
+        assert row.images == IMAGES and not any(row.failed.values())
+        assert 0 <= row.expression_accuracy <= 1 and 0 <= row.au_f1_mean <= 1
+        assert 0 <= row.valence_mae <= 2 and 0 <= row.arousal_mae <= 2
+    assert result.simulated and "paper Table 4" in result.table and "rehearsal" in result.table
     assert human_snapshot(settings) == before  # human labels are read, never written
     with session_scope(settings) as session:
         runs = session.scalars(select(Run).where(Run.kind == "audit")).all()
@@ -93,13 +97,13 @@ def test_audit_runs_every_setting_and_task_and_keeps_human_labels(audited: tuple
             assert kept and set(kept) == {"human"}
 
 
-def test_prior_knowledge_does_not_lower_expression_agreement(audited: tuple[Settings, dict, list[tuple]]) -> None:
+def test_prior_knowledge_does_not_lower_expression_agreement(audited: tuple[Settings, AuditResult, list[tuple]]) -> None:
     # The simulator pulls its belief toward what the known VA and AUs imply (simulator/model.py), so on the
     # same images regenerating the expression with the prior must agree at least as often as without it, and
     # more often over both UAMC settings (the sample seeds do not depend on the prior, so a prior the
     # simulator ignored would give equal accuracies without UAMC and this sum would not rise).
     _, result, _ = audited
-    accuracy = {(r["use_prior"], r["uamc_enabled"]): r["expression_accuracy"] for r in result["rows"]}
+    accuracy = {(r.use_prior, r.uamc_enabled): r.expression_accuracy for r in result.rows}
     for uamc in (False, True):
         assert accuracy[True, uamc] >= accuracy[False, uamc], accuracy
     assert accuracy[True, False] + accuracy[True, True] > accuracy[False, False] + accuracy[False, True], accuracy

@@ -28,7 +28,7 @@ from tasks.annotate import AnnotateConfig
 from tasks.uamc import UAMCConfig
 from tests.helpers import prepared_settings, use
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
@@ -70,8 +70,8 @@ def test_clean_run_annotates_every_feid_image_and_keeps_human_labels(fresh: Sett
     monkeypatch.setenv("SEKE_VLLM_API_KEY", "sk-never-stored")
     with running_simulator(SimulatorConfig()) as base_url:
         report = run_flow(base_url, "clean", limit=30)
-    assert report["status"] == "completed"
-    assert report["images"] == {"done": 30}
+    assert report.status == "completed"
+    assert report.images == {"done": 30}
     with session_scope(fresh) as session:
         stored = session.execute(text("SELECT config::text || request_params::text FROM runs, vllm_calls LIMIT 50")).scalars().all()
         assert stored and not any("sk-never-stored" in row for row in stored)
@@ -108,7 +108,7 @@ def test_fault_storm_completes_with_every_image_done(fresh: Settings, monkeypatc
     storm = SimulatorConfig(storm_requests=30, rate_limit_rate=0.05, server_error_rate=0.05, retry_after_s=0.02, seed=3)
     with running_simulator(storm) as base_url:
         report = run_flow(base_url, "storm", limit=12)
-    assert report["images"] == {"done": 12}
+    assert report.images == {"done": 12}
     with session_scope(fresh) as session:
         retried = session.scalar(select(func.count()).where(VLLMCall.attempts > 1))
     assert retried > 0  # the storm really hit, and the client's retries absorbed it
@@ -118,8 +118,8 @@ def test_malformed_output_is_stored_invalid_and_resampled(fresh: Settings) -> No
     config = AnnotateConfig(uamc=UAMCConfig(max_invalid=8))
     with running_simulator(SimulatorConfig(malformed_rate=0.25, seed=5)) as base_url:
         report = run_flow(base_url, "malformed", limit=12, config=config)
-    assert report["images"] == {"done": 12}
-    assert report["invalid_calls"] > 0
+    assert report.images == {"done": 12}
+    assert report.invalid_calls > 0
     with session_scope(fresh) as session:
         invalid = session.scalars(select(VLLMCall).where(VLLMCall.valid.is_(False))).all()
         assert invalid and all(call.error and call.raw_text is not None and call.parsed is None for call in invalid)
@@ -133,7 +133,7 @@ def test_too_many_invalid_answers_fail_the_image_with_a_reason(fresh: Settings) 
     config = AnnotateConfig(uamc=UAMCConfig(max_invalid=1))
     with running_simulator(SimulatorConfig(malformed_rate=1.0)) as base_url:
         report = run_flow(base_url, "all-bad", limit=3, config=config)
-    assert report["status"] == "failed" and report["images"] == {"failed": 3}
+    assert report.status == "failed" and report.images == {"failed": 3}
     with session_scope(fresh) as session:
         reasons = session.scalars(select(RunImage.failure_reason)).all()
     assert all(reason and "invalid answers" in reason for reason in reasons)
@@ -146,7 +146,7 @@ def test_bad_image_in_the_queue_fails_alone(fresh: Settings) -> None:
     store.put_bytes(victim.object_key, b"\x89PNG\r\n\x1a\n broken")
     with running_simulator(SimulatorConfig()) as base_url:
         report = run_flow(base_url, "bad-image", limit=6)
-    assert report["images"] == {"done": 5, "failed": 1}
+    assert report.images == {"done": 5, "failed": 1}
     with session_scope(fresh) as session:
         row = session.get(RunImage, (session.scalar(select(Run.id).where(Run.name == "bad-image")), victim.id))
     assert row.status == "failed" and "cannot read image" in row.failure_reason
@@ -155,12 +155,12 @@ def test_bad_image_in_the_queue_fails_alone(fresh: Settings) -> None:
 def test_budget_stops_gracefully_and_resume_finishes(fresh: Settings) -> None:
     with running_simulator(SimulatorConfig()) as base_url:
         stopped = run_flow(base_url, "budget", limit=20, max_calls=10)
-        assert stopped["status"] == "stopped" and "call budget" in stopped["stop_reason"]
-        assert 0 < stopped["images"].get("done", 0) < 20
-        done_before = stopped["images"]["done"]
+        assert stopped.status == "stopped" and "call budget" in stopped.stop_reason
+        assert 0 < stopped.images.get("done", 0) < 20
+        done_before = stopped.images["done"]
         finished = run_flow(base_url, "budget", limit=20)
-    assert finished["status"] == "completed" and finished["images"] == {"done": 20}
-    assert finished["images"]["done"] > done_before
+    assert finished.status == "completed" and finished.images == {"done": 20}
+    assert finished.images["done"] > done_before
 
 
 def test_sigkilled_run_resumes_to_exactly_the_clean_run(
@@ -201,7 +201,7 @@ def test_sigkilled_run_resumes_to_exactly_the_clean_run(
         resumed = run_flow(base_url, "resume", limit=16, concurrency=4)
         use(clean, monkeypatch)
         reference = run_flow(base_url, "resume", limit=16, concurrency=4)
-    assert resumed["images"] == reference["images"] == {"done": 16}
+    assert resumed.images == reference.images == {"done": 16}
     killed_calls, killed_steps = fingerprint(killed, "resume")
     clean_calls, clean_steps = fingerprint(clean, "resume")
     assert killed_calls == clean_calls  # same calls, same answers, none lost or duplicated
@@ -242,7 +242,7 @@ def test_prefect_global_limit_caps_images_in_flight(fresh: Settings, monkeypatch
     monkeypatch.setenv("SEKE_PREFECT_CONCURRENCY_LIMIT", "one-image")
     with running_simulator(SimulatorConfig(latency_ms=20)) as base_url:
         report = run_flow(base_url, "capped", limit=5, concurrency=4)
-    assert report["images"] == {"done": 5}
+    assert report.images == {"done": 5}
     with session_scope(fresh) as session:
         windows = session.execute(
             select(VLLMCall.image_id, func.min(VLLMCall.started_at), func.max(VLLMCall.finished_at)).group_by(VLLMCall.image_id)
@@ -261,7 +261,7 @@ def test_several_images_per_task_run(fresh: Settings) -> None:
 
     with running_simulator(SimulatorConfig()) as base_url:
         report = run_flow(base_url, "batched", limit=8, images_per_task=4)
-    assert report["images"] == {"done": 8}
+    assert report.images == {"done": 8}
     with session_scope(fresh) as session:
         ids = session.scalars(select(RunImage.image_id).order_by(RunImage.image_id)).all()
 

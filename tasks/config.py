@@ -1,0 +1,22 @@
+"""What decides an annotation run's output: a small module of its own, so run bookkeeping
+(tasks/runs.py) can name a run's configuration without importing the annotator."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from models.labels import Task
+from tasks.uamc import UAMCConfig
+
+
+class AnnotateConfig(BaseModel):
+    """What decides a run's output; stored with the run and fixed for its lifetime (resume replays it)."""
+
+    seed: int = Field(default=0, description="Seeds UAMC draws, sample seeds and question choice.")
+    use_prior: bool = Field(default=True, description="Embed known human labels + emotion knowledge (ablation: off).")
+    uamc: UAMCConfig = Field(default_factory=UAMCConfig)
+    rewrite_with_llm: bool = Field(default=True, description="Off: the answer is assembled without a rewrite call.")
+    tasks_to_mask: list[Task] = Field(
+        default_factory=list,
+        description="Audit runs: treat these human descriptions as missing and regenerate them.",
+    )
