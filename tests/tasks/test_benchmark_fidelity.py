@@ -13,7 +13,7 @@ from tasks.benchmark.paper import paper_scores, table2_au_mean
 from tasks.benchmark.parse import parse_answer
 from tasks.benchmark.runner import ENDPOINT_TEMPERATURE, FeabItem, answer_with_endpoint
 from tasks.vllm import VLLMClient, VLLMConfig
-from tests.test_simulator import face_png, random_labels
+from tests.simulator.test_simulator import face_png, random_labels
 
 N = 400
 

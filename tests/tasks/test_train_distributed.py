@@ -24,7 +24,7 @@ pytest.importorskip("accelerate")
 from tasks.train.finetune import TrainConfig, finetune  # noqa: E402
 from tasks.train.launch import entry_arguments, launch_command, read_events  # noqa: E402
 from tasks.train.tiny import build_tiny_llava  # noqa: E402
-from tests.test_train import EXAMPLES, _write_export  # noqa: E402
+from tests.tasks.test_train import EXAMPLES, _write_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # Global batch 4 = 2 examples per micro-batch × 2 accumulated; two processes take one example each.
