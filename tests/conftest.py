@@ -60,15 +60,6 @@ def create_database(admin_url: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-@pytest.fixture(autouse=True)
-def close_idle_connections() -> Iterator[None]:
-    """Tests open databases of their own; their idle pools must not add up to the server's connection limit."""
-    yield
-    from core.db import dispose_engines
-
-    dispose_engines()
-
-
 @pytest.fixture(scope="session")
 def database_url(postgres_admin_url: str) -> str:
     """A migrated database shared by the session (tests clean it with `clean_db`)."""

@@ -42,6 +42,11 @@ COMMANDS = [
     ("pipeline",),
     ("demo",),
     ("audit",),
+    ("store", "gc"),
+    ("schedule", "create"),
+    ("schedule", "list"),
+    ("schedule", "pause"),
+    ("schedule", "delete"),
 ]
 
 #: Enough for the tiny model to take a few steps on CPU.
@@ -166,7 +171,11 @@ def test_db_upgrade_on_a_fresh_database_creates_the_schema(state: Path) -> None:
 
 
 def test_import_refuses_an_unknown_format(imported: Path) -> None:
-    assert "unknown format 'expw'" in usage_error("import", "expw", str(imported))
+    assert "unknown format 'affectnet2'" in usage_error("import", "affectnet2", str(imported))
+
+
+def test_store_gc_finds_nothing_unreferenced_after_an_import(imported: Path) -> None:
+    assert "0 unreferenced image objects, 0 removed" in seke("store", "gc", "--dry-run", "--grace-hours", "0")
 
 
 def test_images_stats_counts_each_split(imported: Path) -> None:
