@@ -277,7 +277,7 @@ def finetune_flow(
             run.final_uri = final_uri
             run.result = result.model_dump(mode="json")
             run.finished_at = dt.datetime.now(dt.UTC)
-        logger.info("training run %s: loss %.3f → %.3f in %s steps", name, result["first_loss"], result["last_loss"], result["steps"])
+        logger.info("training run %s: loss %.3f → %.3f in %s steps", name, result.first_loss, result.last_loss, result.steps)
     if then_benchmark is not None:
         trigger("benchmark", {**then_benchmark, "model": result.final_model, "training_run_id": run_id}, key=f"{name}:benchmark")
     return result
