@@ -45,17 +45,17 @@ def test_two_process_fine_tune_is_recorded_and_benchmarked(fresh: Settings) -> N
         annotate_flow(run_name="dist", limit=8, config=AnnotateConfig(rewrite_with_llm=False), base_url=base_url, model="seke-simulator")
     export_id = export_for("dist")
     trained = finetune_flow(name="dist-finetune", export_id=export_id, train_config=TRAIN, processes=2, strategy="ddp")
-    assert trained["world_size"] == 2 and trained["steps"] == 4
-    scored = benchmark_flow(name="dist-feab", model=trained["final_model"], training_run_id=trained["training_run_id"], max_new_tokens=40)
+    assert trained.world_size == 2 and trained.steps == 4
+    scored = benchmark_flow(name="dist-feab", model=trained.final_model, training_run_id=trained.training_run_id, max_new_tokens=40)
     with session_scope(fresh) as session:
-        run = session.get(TrainingRun, trained["training_run_id"])
+        run = session.get(TrainingRun, trained.training_run_id)
         assert run.status == "completed" and run.export_id == export_id
         steps = session.scalars(select(Checkpoint.step).where(Checkpoint.training_run_id == run.id).order_by(Checkpoint.step)).all()
         assert steps == [2, 4]
         benchmark = session.scalars(select(BenchmarkRun).where(BenchmarkRun.name == "dist-feab")).one()
         assert benchmark.training_run_id == run.id and benchmark.status == "completed"
         feab = session.scalar(select(Image.id).where(Image.split == "FEAB").limit(1))
-        assert feab is not None and scored["scores"]["n"] > 0
+        assert feab is not None and scored.scores.n > 0
     # Sharded state (one RNG file per process) went to the store with the checkpoint.
     stored = fresh.resolved_state_dir.parent / "store" / "models" / "dist-finetune" / "checkpoint-4" / "accelerate"
     assert sorted(p.name for p in stored.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]

@@ -28,7 +28,7 @@ def test_a_dotted_run_name_completes_with_its_artifacts(fresh: Settings) -> None
 
     with running_simulator(SimulatorConfig()) as base_url:
         report = annotate_flow(run_name="feid.v1", limit=2, base_url=base_url, model="seke-simulator")
-    assert report["status"] == "completed"
+    assert report.status == "completed"
 
 
 @pytest.mark.parametrize("name", ["feid v1", "../escape", "a/b"])

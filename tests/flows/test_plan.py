@@ -50,8 +50,8 @@ def test_plan_is_within_15_percent_of_a_simulator_run_of_the_same_images(fresh: 
         pilot = plan_annotate("planned", limit=30, pilot=10, **endpoint)
         actual = annotate_flow(run_name="planned", limit=30, **endpoint)
 
-    assert actual["status"] == "completed" and law.images == pilot.images == 30
-    measured = {"calls": actual["calls"], "tokens_in": actual["tokens_in"], "tokens_out": actual["tokens_out"]}
+    assert actual.status == "completed" and law.images == pilot.images == 30
+    measured = {"calls": actual.calls, "tokens_in": actual.tokens_in, "tokens_out": actual.tokens_out}
     # The law bounds calls and tokens (within 15% at the edges: it counts no invalid answer and estimates prompt text).
     for key in measured:
         assert getattr(law, key).contains(measured[key], slack=0.15), (key, getattr(law, key), measured[key])
@@ -59,5 +59,5 @@ def test_plan_is_within_15_percent_of_a_simulator_run_of_the_same_images(fresh: 
     for key, value in measured.items():
         estimate = getattr(pilot, key).mid
         assert abs(estimate - value) <= 0.15 * value, (key, estimate, value)
-    assert pilot.cost_usd.contains(actual["cost_usd"], slack=0.15)
+    assert pilot.cost_usd.contains(actual.cost_usd, slack=0.15)
     assert pilot.wall_s.high < 60 and "pilot of 10 images" in pilot.basis
