@@ -51,7 +51,7 @@ from prefect.states import Cancelled
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.names import Name, slug
+from models.names import check_name, slug
 from core.config import get_settings
 from core.db import database_url, get_engine, release_idle_connections, session_factory
 from core.store import open_store
@@ -375,7 +375,7 @@ def annotate_worker(params: WorkerSettings | dict[str, Any], index: int = 0, par
 
 @flow(name="annotate", flow_run_name="annotate-{run_name}")
 def annotate_flow(
-    run_name: Name,
+    run_name: str,
     config: AnnotateConfig | None = None,
     limit: int | None = None,
     max_calls: int | None = None,
@@ -400,7 +400,8 @@ def annotate_flow(
     """
     logger = get_run_logger()
     # A schedule's runs share one pattern: `nightly-{scheduled:%Y%m%d}` names each after its own start time.
-    run_name = expand_run_name(run_name, flow_run.scheduled_start_time)
+    # The name (once expanded) becomes keys and folders: checked before any work (models/names.py).
+    run_name = check_name(expand_run_name(run_name, flow_run.scheduled_start_time), "run name")
     settings = get_settings()
     config = config or AnnotateConfig()
     sessions = session_factory(settings, concurrency)

@@ -35,7 +35,7 @@ from models.orm import HumanLabel, Image, Run, RunImage, VLLMCall
 from tasks.annotate import AnnotateConfig
 from tasks.prompts import prior_prompt, rewrite_prompt
 from tasks.uamc import initial_samples
-from tasks.vllm import VLLMConfig, estimate_text_tokens, image_tokens
+from tasks.vllm import VLLMConfig, estimate_text_tokens, image_tokens, uncapped
 
 STAGES = ("sample", "summary", "rewrite")
 #: Law basis only: seconds per call when nothing was measured (a hosted vision model answering
@@ -263,15 +263,21 @@ def _priced(
     def dollars(t_in: float, t_out: float) -> float:
         return (t_in * vllm.price_in_per_mtok + t_out * vllm.price_out_per_mtok) / 1e6
 
+    # An unset cap (a self-hosted endpoint's default) does not bound the wall time.
+    rpm, tpm = uncapped(vllm.requests_per_minute), uncapped(vllm.tokens_per_minute)
+
     def wall(n_calls: float, tokens: float, latency: float) -> float:
-        by_rate = max(n_calls / vllm.requests_per_minute, tokens / vllm.tokens_per_minute) * 60
+        by_rate = max(n_calls / rpm, tokens / tpm) * 60
         # Calls of an image run one after another; `concurrency` images at a time.
         by_latency = n_calls * latency / max(1, min(concurrency, len(images)))
         return max(by_rate, by_latency)
 
+    def per_minute(cap: float | None) -> str:
+        return f"{cap:,.0f}" if cap else "unlimited"
+
     limits = (
         f"at ${vllm.price_in_per_mtok:g} / ${vllm.price_out_per_mtok:g} per million tokens in / out, "
-        f"{vllm.requests_per_minute:g} requests and {vllm.tokens_per_minute:,.0f} tokens per minute, "
+        f"{per_minute(vllm.requests_per_minute)} requests and {per_minute(vllm.tokens_per_minute)} tokens per minute, "
         f"{concurrency} images at once"
     )
     return Plan(

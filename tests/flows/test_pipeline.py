@@ -138,7 +138,7 @@ def test_pipeline_via_deployments_says_what_it_submitted_and_what_was_already_do
         kwargs = dict(run_name="submitted", limit=4, annotate_config=config, base_url=base_url, model="seke-simulator", via_deployments=True)
         first = pipeline_flow(**kwargs, return_state=True)
         again = pipeline_flow(**kwargs, return_state=True)
-        flow_run_id = first.result()["finetune_flow_run_id"]
+        flow_run_id = first.result().finetune_flow_run_id
         # A worker finished the fine-tune in the meantime: a re-run says so instead of "submitted".
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(flow_run_id, Completed(), force=True)
@@ -148,7 +148,7 @@ def test_pipeline_via_deployments_says_what_it_submitted_and_what_was_already_do
     assert flow_run_id in first.message and "starts the benchmark" in first.message
     assert again.name == "Already submitted" and again.message.startswith("already submitted:")
     assert done.message.startswith("already done: fine-tune flow run") and done.message.endswith("Completed")
-    assert again.result()["finetune_flow_run_id"] == done.result()["finetune_flow_run_id"] == flow_run_id
+    assert again.result().finetune_flow_run_id == done.result().finetune_flow_run_id == flow_run_id
 
 
 def test_answers_no_parser_can_read_go_to_the_llm_parser(fresh: Settings, tmp_path: Path) -> None:

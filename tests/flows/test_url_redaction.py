@@ -84,7 +84,7 @@ def test_keys_in_the_endpoint_url_stay_out_of_the_database_and_prefect(
         monkeypatch.setenv("SEKE_VLLM_BASE_URL", base_url + "?api-key=QUERYSECRET")
         stopped = annotate_flow(run_name="query-key", limit=2)
     assert done.status == "completed"
-    assert stopped["failures"]
+    assert stopped.failures
     stored = _database_texts(fresh, "userinfo-key") + _database_texts(fresh, "query-key")
     assert "***@" in stored and "api-key=***" in stored
     published = _prefect_texts()

@@ -109,7 +109,7 @@ def test_resume_after_sigkill_pays_again_at_most_in_flight_plus_buffer_rows(
             assert session.scalar(select(func.count()).where(RunImage.status != "done")) > 0  # really mid-way
         use(settings, monkeypatch)
         resumed = annotate_flow(run_name="kill", base_url=base_url, model="seke-simulator", limit=16, concurrency=CONCURRENCY)
-    assert resumed["images"] == {"done": 16}
+    assert resumed.images == {"done": 16}
     paid_again = paid_by_killed - committed
     assert 0 <= paid_again <= CONCURRENCY + BUFFER_ROWS
     with session_scope(settings) as session:

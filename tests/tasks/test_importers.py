@@ -49,7 +49,7 @@ def test_registry_is_found_from_the_modules_and_documented() -> None:
     assert SOURCES[:6] == ("ckplus", "rafdb", "affectnet", "disfa", "bp4d", "affwild2")  # stored names never change
     assert SOURCES[-2:] == ("folder", "manifest") and tuple(READERS) == SOURCES
     assert "expw" in SOURCES and "expw" not in DEMO_SOURCES  # a newcomer: one module, no demo writer
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name in SOURCES:
         assert f"| `{name}` |" in readme, f"README's format table has no row for {name}"
 
