@@ -1,0 +1,78 @@
+"""The batch-mode annotate flow: SEKE in rounds over the OpenAI Batch API (tasks/batch.py).
+
+One flow run drives every round of the run: it opens (or resumes) the run as
+the online flow does, then submits, waits for and imports each round's
+batches, logging each round's progress. Re-running it resumes: submitted
+batches are recorded in PostgreSQL before they are created, so none is
+submitted twice, and a batch still in progress is waited for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import openai
+from prefect import flow, get_run_logger
+
+from core.config import get_settings
+from core.db import database_url, session_factory
+from core.store import open_store
+from core.version import code_version
+from models.names import Name
+from tasks.annotate import AnnotateConfig, Annotator, Budget
+from tasks.batch import BatchConfig, BatchRunner
+from tasks.budget import run_spent
+from tasks.runs import close_run, open_run, run_report
+from tasks.vllm import VLLMConfig
+
+
+@flow(name="annotate-batch", flow_run_name="annotate-batch-{run_name}")
+def annotate_batch_flow(
+    run_name: Name,
+    config: AnnotateConfig | None = None,
+    limit: int | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
+    price_factor: float = 0.5,
+    max_requests_per_batch: int = 50_000,
+    poll_s: float = 30.0,
+) -> dict[str, Any]:
+    """Annotate (or resume) run `run_name` in batch rounds; returns the run report as a dict."""
+    logger = get_run_logger()
+    settings = get_settings()
+    config = config or AnnotateConfig()
+    sessions = session_factory(settings)
+    vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model)
+    with sessions.begin() as session:
+        run_id = open_run(
+            session,
+            run_name,
+            config=config,
+            model=vllm_config.model,
+            endpoint=vllm_config.public_snapshot(),
+            code_version=code_version(),
+            limit=limit,
+        )
+        budget = Budget(*run_spent(session, run_id), None, None)
+    annotator = Annotator(
+        run_id=run_id,
+        run_name=run_name,
+        config=config,
+        database_url=database_url(settings),
+        store=open_store(settings),
+        vllm=vllm_config,
+        budget=budget,
+    )
+    batch = BatchConfig(price_factor=price_factor, max_requests=max_requests_per_batch, poll_s=poll_s)
+    client = openai.OpenAI(base_url=vllm_config.base_url, api_key=vllm_config.api_key.get_secret_value(),
+                           timeout=vllm_config.timeout_s)
+    try:
+        stop_reason = BatchRunner(annotator, sessions, client, batch, logger.info).run()
+    finally:
+        client.close()
+    with sessions.begin() as session:
+        status = close_run(session, run_id, stop_reason=stop_reason)
+        report = run_report(session, run_id)
+    logger.info("run %s %s: %s", run_name, status, dict(report.images))
+    return {**asdict(report), "run_id": run_id}

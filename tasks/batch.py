@@ -1,0 +1,360 @@
+"""Batch mode: SEKE in rounds over the OpenAI Batch API, with the same calls and decisions as online mode.
+
+A round replays SEKE (tasks/seke.py) for every image of the run that is not
+done, with a `call` that answers from the run's stored calls and otherwise
+records the request and stops the image for this round (`Pending`). The
+recorded requests of all images are the round's batch (split at the API's
+per-file limits); once the batch is back, every answered line is stored as a
+call exactly as an online call would be (same prompt, parsed answer, tokens;
+cost at the batch price factor; plus its batch id and custom id), and the next
+round replays further. UAMC's draws come from the image's seeded stream and
+the replay reuses the stored answers, so the decisions are those of online
+mode. The first `start_samples` samples of an image share one prompt and have
+fixed seeds, so they are requested together: at most N − start + 3 rounds
+(plus one per round of invalid answers or failed lines).
+
+Durability: a batch's row (`api_batches`) is written once its input file is
+uploaded and before the batch is created, then updated with the batch id. A
+row without a batch id is resolved on resume by finding the batch created
+from its input file (`batches.list`), so a crash between creating a batch and
+reading its id back never submits it twice. A row not yet imported is waited
+for and imported before anything new is planned; importing stores only lines
+whose call is still missing, so it is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.orm import ApiBatch, RunImage
+from models.vocab import BatchStatus, ImageStatus, Stage
+from tasks.annotate import AnnotateSession, Annotator, ImageState
+from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
+from tasks.seke import Answer, CallKey, CallRequest, sub_seed
+from tasks.uamc import initial_samples
+from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage
+
+ENDPOINT = "/v1/chat/completions"
+#: Statuses after which a batch changes no more (its output, if any, can be imported).
+TERMINAL = {BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED, BatchStatus.FAILED}
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How a batch-mode run submits and waits; none of it changes the run's answers."""
+
+    price_factor: float = 0.5  # OpenAI's Batch API price relative to online
+    max_requests: int = 50_000  # per input file (the API's limit)
+    max_bytes: int = 190 * 1024 * 1024  # per input file (the API's limit is 200 MB)
+    poll_s: float = 30.0  # seconds between checks of a batch in progress
+    completion_window: str = "24h"
+    extra_rounds: int = 3  # rounds allowed beyond N − start + 3, for invalid answers and failed or expired lines
+
+
+class Pending(Exception):
+    """The image needs an answer that is not stored yet: it stops here for this round."""
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """One request of the round: what to send, and what is needed to store its answer as a call."""
+
+    custom_id: str
+    state: ImageState
+    key: CallKey
+    prompt: RenderedPrompt
+    answer_model: type[BaseModel]
+    max_tokens: int
+    body: dict[str, Any]
+    record: Any  # the client's request record (tasks.vllm._Request): request_params and token estimate
+
+
+def _as_parsed(stored: dict[str, Any] | None, answer_model: type[BaseModel]) -> dict[str, Any] | None:
+    """A stored answer as the client's parser returns it: JSONB reorders keys, and the order of the samples'
+    keys shows in the summary prompt, which must be the prompt online mode sends."""
+    return None if stored is None else answer_model.model_validate(stored).model_dump(mode="json")
+
+
+def custom_id(run_id: int, image_id: int, stage: Stage | str, index: int) -> str:
+    return f"{run_id}/{image_id}/{stage}/{index}"
+
+
+def _pending_calls(
+    client: AsyncVLLMClient, run_id: int, seed: int, start: int, state: ImageState, image: EncodedImage, request: CallRequest
+) -> list[PendingCall]:
+    """The missing request, and with a first sample the rest of the first `start` samples (same prompt, known seeds)."""
+    indexes = [request.index]
+    if request.stage == SAMPLE_STAGE:
+        indexes += [i for i in range(request.index + 1, start) if (request.stage, i) not in state.calls]
+    calls = []
+    for index in indexes:
+        seed_i = request.seed if index == request.index else sub_seed(seed, state.sha256, request.stage, index)
+        temperature, max_tokens = client.config.stage_params(request.stage)
+        # The online client's own request builder: the same body, byte for byte, as an online call.
+        built = client._request(request.stage, request.prompt, image, request.answer_model, temperature, seed_i, max_tokens)
+        calls.append(PendingCall(
+            custom_id(run_id, state.image_id, request.stage, index), state, (request.stage, index),
+            request.prompt, request.answer_model, max_tokens, built.params, built,
+        ))
+    return calls
+
+
+@dataclass
+class RoundPlan:
+    """What a replay of every open image found: the requests still needed, images per outcome, lines stored."""
+
+    pending: dict[str, PendingCall] = field(default_factory=dict)
+    images: Counter[str] = field(default_factory=Counter)
+    stored: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Line:
+    """An answered line of a batch's output file."""
+
+    batch_id: str
+    body: dict[str, Any]
+
+
+async def plan_round(
+    annotator: Annotator, image_ids: list[int], lines: dict[str, Line], config: BatchConfig, concurrency: int = 32
+) -> RoundPlan:
+    """Replay every image; store the `lines` that answer a pending request; return what is still needed.
+
+    Images whose answers are all stored finish (or fail) here, committed, as online.
+    """
+    plan = RoundPlan()
+    start = initial_samples(annotator.config.uamc)
+    async with annotator.open() as session:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(image_id: int) -> None:
+            found: list[PendingCall] = []
+
+            def call_for(state: ImageState, image: EncodedImage):  # noqa: ANN202 (a tasks.seke.Call)
+                async def call(request: CallRequest) -> Answer:
+                    stored = state.calls.get((request.stage, request.index))
+                    if stored is not None:
+                        return Answer(stored.valid, _as_parsed(stored.parsed, request.answer_model), stored.error)
+                    found.extend(_pending_calls(session.client, annotator.run_id, annotator.config.seed, start, state, image, request))
+                    raise Pending
+
+                return call
+
+            async with gate:
+                try:
+                    outcome = await session.annotate(image_id, call_for)
+                except Pending:
+                    plan.images["pending"] += 1
+                    plan.pending.update((p.custom_id, p) for p in found)
+                    return
+                plan.images[outcome.status] += 1
+
+        await asyncio.gather(*(one(image_id) for image_id in image_ids))
+        for cid, pending in plan.pending.items():
+            line = lines.get(cid)
+            if line is not None:
+                result = _result(session, pending, line, config.price_factor)
+                await session.writer.add_call(pending.state, pending.key, pending.prompt, result, line.batch_id, cid)
+                plan.stored += 1
+                plan.cost_usd += result.cost_usd
+    return plan
+
+
+def _result(session: AnnotateSession, pending: PendingCall, line: Line, price_factor: float) -> CallResult:
+    """The line's answer as the online client would have read it, priced at the batch rate."""
+    completion = ChatCompletion.model_validate(line.body)
+    started = datetime.now(UTC)
+    result = session.client._result(completion, pending.answer_model, pending.record, pending.max_tokens, 0.0, 1, started)
+    result.cost_usd *= price_factor
+    return result
+
+
+# --- batches: submit once, wait, read back ---------------------------------------------------------
+
+
+def request_lines(pending: list[PendingCall]) -> list[bytes]:
+    """The OpenAI batch input format, one JSON line per request."""
+    return [
+        (json.dumps({"custom_id": p.custom_id, "method": "POST", "url": ENDPOINT, "body": p.body}) + "\n").encode()
+        for p in pending
+    ]
+
+
+def split_parts(lines: list[bytes], config: BatchConfig) -> list[list[bytes]]:
+    """Consecutive parts of at most `max_requests` lines and `max_bytes` bytes each."""
+    parts: list[list[bytes]] = [[]]
+    size = 0
+    for line in lines:
+        if parts[-1] and (len(parts[-1]) >= config.max_requests or size + len(line) > config.max_bytes):
+            parts.append([])
+            size = 0
+        parts[-1].append(line)
+        size += len(line)
+    return [part for part in parts if part]
+
+
+class BatchRunner:
+    """One batch-mode run's rounds against one OpenAI-compatible Batch API; every step recorded first."""
+
+    def __init__(
+        self,
+        annotator: Annotator,
+        sessions: sessionmaker[Session],
+        client: openai.OpenAI,
+        config: BatchConfig,
+        say: Callable[[str], None],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.annotator, self.sessions, self.client, self.config = annotator, sessions, client, config
+        self.say, self.sleep = say, sleep
+        self.run_id = annotator.run_id
+        uamc = annotator.config.uamc
+        self.max_rounds = uamc.max_samples - initial_samples(uamc) + 3 + config.extra_rounds
+
+    # -- rows --
+
+    def _rows(self, *, open_only: bool) -> list[ApiBatch]:
+        with self.sessions() as session:
+            query = select(ApiBatch).where(ApiBatch.run_id == self.run_id)
+            if open_only:
+                query = query.where(ApiBatch.status != BatchStatus.IMPORTED.value)
+            return list(session.scalars(query.order_by(ApiBatch.round, ApiBatch.part)))
+
+    def _set(self, row_id: int, **values: Any) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(ApiBatch).where(ApiBatch.id == row_id).values(**values, updated_at=func.now()))
+
+    def _last_round(self) -> int:
+        with self.sessions() as session:
+            return session.scalar(select(func.coalesce(func.max(ApiBatch.round), 0)).where(ApiBatch.run_id == self.run_id)) or 0
+
+    def open_images(self) -> list[int]:
+        with self.sessions() as session:
+            return list(session.scalars(
+                select(RunImage.image_id)
+                .where(RunImage.run_id == self.run_id, RunImage.status != ImageStatus.DONE.value)
+                .order_by(RunImage.image_id)
+            ))
+
+    # -- the API --
+
+    def submit(self, round_no: int, part: int, lines: list[bytes]) -> int:
+        """Upload, record the intent, create the batch, record its id; returns the row id."""
+        name = f"seke-run-{self.run_id}-round-{round_no}-part-{part}.jsonl"
+        uploaded = self.client.files.create(file=(name, b"".join(lines)), purpose="batch")
+        with self.sessions.begin() as session:
+            row = ApiBatch(run_id=self.run_id, round=round_no, part=part, status=BatchStatus.UPLOADED.value,
+                           input_file_id=uploaded.id, request_count=len(lines))
+            session.add(row)
+            session.flush()
+            row_id = row.id
+        self.create(row_id, uploaded.id, round_no, part)
+        return row_id
+
+    def create(self, row_id: int, input_file_id: str, round_no: int, part: int) -> None:
+        batch = self.client.batches.create(
+            input_file_id=input_file_id,
+            endpoint=ENDPOINT,
+            completion_window=self.config.completion_window,  # type: ignore[arg-type]
+            metadata={"seke_run_id": str(self.run_id), "seke_round": str(round_no), "seke_part": str(part)},
+        )
+        self._set(row_id, batch_id=batch.id, status=batch.status)
+
+    def find(self, input_file_id: str) -> Any | None:
+        """The batch created from `input_file_id`, if any (the API lists newest first)."""
+        for batch in self.client.batches.list(limit=100):
+            if batch.input_file_id == input_file_id:
+                return batch
+        return None
+
+    def ensure_created(self, row: ApiBatch) -> None:
+        """A row recorded before its batch was confirmed: adopt the batch if it exists, else create it."""
+        if row.batch_id is not None:
+            return
+        found = self.find(row.input_file_id)
+        if found is not None:
+            self.say(f"round {row.round} part {row.part}: found batch {found.id} created before an interruption")
+            self._set(row.id, batch_id=found.id, status=found.status)
+        else:
+            self.create(row.id, row.input_file_id, row.round, row.part)
+
+    def wait(self, rows: list[ApiBatch]) -> dict[str, Line]:
+        """Poll every batch until it ends; returns the answered lines of all of them by custom id."""
+        lines: dict[str, Line] = {}
+        waiting = {row.id: row for row in rows}
+        while waiting:
+            for row_id, row in list(waiting.items()):
+                batch = self.client.batches.retrieve(str(self._batch_id(row_id)))
+                counts = batch.request_counts
+                done, failed = (counts.completed, counts.failed) if counts else (0, 0)
+                self._set(row_id, status=batch.status, completed_count=done, failed_count=failed,
+                          output_file_id=batch.output_file_id, error_file_id=batch.error_file_id)
+                self.say(f"round {row.round} part {row.part}: batch {batch.id} {batch.status}, "
+                         f"{done + failed}/{row.request_count} lines back ({failed} failed)")
+                if batch.status in TERMINAL:
+                    if batch.output_file_id:
+                        lines.update(self.read_output(batch.id, batch.output_file_id))
+                    del waiting[row_id]
+            if waiting:
+                self.sleep(self.config.poll_s)
+        return lines
+
+    def _batch_id(self, row_id: int) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(ApiBatch.batch_id).where(ApiBatch.id == row_id))
+
+    def read_output(self, batch_id: str, file_id: str) -> dict[str, Line]:
+        lines: dict[str, Line] = {}
+        for text in self.client.files.content(file_id).text.splitlines():
+            if not text.strip():
+                continue
+            row = json.loads(text)
+            response = row.get("response") or {}
+            if response.get("status_code") == 200 and row.get("custom_id"):
+                lines[row["custom_id"]] = Line(batch_id, response["body"])
+        return lines
+
+    # -- the rounds --
+
+    def run(self) -> str | None:
+        """Rounds until every image is done or failed; returns a stop reason, or None when finished."""
+        while True:
+            open_rows = self._rows(open_only=True)
+            if open_rows:
+                for row in open_rows:
+                    self.ensure_created(row)
+                lines = self.wait(open_rows)
+                plan = asyncio.run(plan_round(self.annotator, self.open_images(), lines, self.config))
+                for row in open_rows:
+                    self._set(row.id, status=BatchStatus.IMPORTED.value)
+                self.say(f"round {open_rows[0].round}: stored {plan.stored} answers (${plan.cost_usd:.4f} at the batch price); "
+                         f"{len(plan.pending) - plan.stored} requests go to the next round")
+                continue
+            plan = asyncio.run(plan_round(self.annotator, self.open_images(), {}, self.config))
+            images = dict(plan.images)
+            if not plan.pending:
+                self.say(f"all rounds done: {images}")
+                return None
+            round_no = self._last_round() + 1
+            if round_no > self.max_rounds:
+                return f"batch mode stopped after {self.max_rounds} rounds with {len(plan.pending)} requests unanswered"
+            parts = split_parts(request_lines(list(plan.pending.values())), self.config)
+            self.say(f"round {round_no}: {len(plan.pending)} requests for {images.get('pending', 0)} images "
+                     f"in {len(parts)} batch(es); images so far {images}")
+            for part, lines_of_part in enumerate(parts, start=1):
+                self.submit(round_no, part, lines_of_part)

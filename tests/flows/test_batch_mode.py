@@ -1,0 +1,156 @@
+"""Batch mode end to end: real Postgres, the simulator's Batch API over HTTP, the Prefect test API.
+
+The same images and seed online and in batch rounds give the same stored
+answers, UAMC steps and final labels; a crash between creating a batch and
+recording its id submits nothing twice; an expired batch is retried; a round
+larger than one batch is split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.request import urlopen
+
+import openai
+import pytest
+from sqlalchemy import func, select
+
+from core.config import Settings
+from core.db import session_scope
+from models.orm import Annotation, ApiBatch, Image, Run, UAMCStep, VLLMCall
+from simulator.server import SimulatorConfig, running_simulator
+from tasks.annotate import AnnotateConfig
+from tests.helpers import prepared_settings, use
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+RUN = "same-name"  # UAMC's stream is seeded by run name: the online and batch runs share it, in two databases
+LIMIT = 12
+
+
+def _settings(admin_url: str, root: Path, demo: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    settings = prepared_settings(admin_url, root, demo)
+    use(settings, monkeypatch)
+    return settings
+
+
+def _batch(base_url: str, **kwargs):
+    from flows.batch import annotate_batch_flow
+
+    return annotate_batch_flow(run_name=RUN, config=AnnotateConfig(seed=7), limit=LIMIT, base_url=base_url,
+                               model="seke-simulator", poll_s=0.05, **kwargs)
+
+
+def _online(base_url: str):
+    from flows.annotate import annotate_flow
+
+    return annotate_flow(run_name=RUN, config=AnnotateConfig(seed=7), limit=LIMIT, base_url=base_url, model="seke-simulator")
+
+
+def results(settings: Settings) -> dict[str, list]:
+    """Parsed answers, UAMC steps and final labels of the run, keyed by image content."""
+    with session_scope(settings) as session:
+        run_id = session.scalar(select(Run.id).where(Run.name == RUN))
+        calls = session.execute(
+            select(Image.sha256, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.parsed, VLLMCall.prompt_sha256,
+                   VLLMCall.tokens_in, VLLMCall.tokens_out)
+            .join(Image, Image.id == VLLMCall.image_id).where(VLLMCall.run_id == run_id)
+            .order_by(Image.sha256, VLLMCall.stage, VLLMCall.sample_index)
+        ).all()
+        steps = session.execute(
+            select(Image.sha256, UAMCStep.step, UAMCStep.decision, UAMCStep.p, UAMCStep.u_max)
+            .join(Image, Image.id == UAMCStep.image_id).where(UAMCStep.run_id == run_id)
+            .order_by(Image.sha256, UAMCStep.step)
+        ).all()
+        labels = session.execute(
+            select(Image.sha256, Annotation.field, Annotation.provenance, Annotation.value_text, Annotation.value_number,
+                   Annotation.value_bool)
+            .join(Image, Image.id == Annotation.image_id).where(Annotation.run_id == run_id)
+            .order_by(Image.sha256, Annotation.field)
+        ).all()
+    return {"calls": [tuple(r) for r in calls], "steps": [tuple(r) for r in steps], "labels": [tuple(r) for r in labels]}
+
+
+def cost(settings: Settings) -> float:
+    with session_scope(settings) as session:
+        return float(session.scalar(select(func.sum(VLLMCall.cost_usd))))
+
+
+def test_batch_mode_matches_online_mode_at_half_the_price(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    online = _settings(postgres_admin_url, tmp_path / "online", demo, monkeypatch)
+    with running_simulator(SimulatorConfig()) as base_url:
+        assert _online(base_url)["images"] == {"done": LIMIT}
+    online_results, online_cost = results(online), cost(online)
+
+    batch = _settings(postgres_admin_url, tmp_path / "batch", demo, monkeypatch)
+    with running_simulator(SimulatorConfig()) as base_url:
+        report = _batch(base_url)
+    assert report["images"] == {"done": LIMIT}
+    assert results(batch) == online_results
+    assert cost(batch) == pytest.approx(online_cost * 0.5, rel=1e-3)
+    with session_scope(batch) as session:
+        assert session.scalar(select(func.count()).select_from(VLLMCall).where(VLLMCall.batch_id.is_(None))) == 0
+        rounds = session.scalar(select(func.max(ApiBatch.round)))
+        assert {s for (s,) in session.execute(select(ApiBatch.status))} == {"imported"}
+    config = AnnotateConfig().uamc
+    assert rounds <= config.max_samples - config.start_samples + 3
+
+
+def test_crash_after_submission_submits_no_batch_twice_and_a_large_round_is_split(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(postgres_admin_url, tmp_path, demo, monkeypatch)
+    with running_simulator(SimulatorConfig()) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="x")
+        # A first invocation that dies after creating its batch and before recording the batch id:
+        # the input file is uploaded and its row written, the batch created, nothing more.
+        created: list[str] = []
+
+        class Crash(Exception):
+            pass
+
+        from tasks import batch as batch_module
+
+        original = batch_module.BatchRunner.create
+
+        def create_then_die(self, row_id, input_file_id, round_no, part):
+            created.append(self.client.batches.create(input_file_id=input_file_id, endpoint=batch_module.ENDPOINT,
+                                                      completion_window="24h").id)
+            raise Crash
+
+        monkeypatch.setattr(batch_module.BatchRunner, "create", create_then_die)
+        with pytest.raises(Crash):
+            _batch(base_url, return_state=False)
+        monkeypatch.setattr(batch_module.BatchRunner, "create", original)
+        with session_scope(settings) as session:
+            (row,) = session.scalars(select(ApiBatch)).all()
+            assert row.batch_id is None and row.status == "uploaded"
+
+        report = _batch(base_url, max_requests_per_batch=5)
+        assert report["images"] == {"done": LIMIT}
+        batches = [b for b in client.batches.list()]
+        stats = json.loads(urlopen(base_url.removesuffix("/v1") + "/simulator/stats").read())
+    inputs = [b.input_file_id for b in batches]
+    assert len(inputs) == len(set(inputs)), "an input file was submitted twice"
+    with session_scope(settings) as session:
+        rows = session.scalars(select(ApiBatch).order_by(ApiBatch.round, ApiBatch.part)).all()
+        calls = session.scalar(select(func.count()).select_from(VLLMCall))
+    assert rows[0].batch_id == created[0]  # the interrupted batch was adopted, not created again
+    assert len(rows) == len(batches)
+    assert any(row.part > 1 for row in rows) and all(row.request_count <= 5 for row in rows[1:])
+    assert stats["requests"] == calls  # every answered line stored once, none paid twice
+
+
+def test_an_expired_batch_is_retried_in_the_next_round(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(postgres_admin_url, tmp_path, demo, monkeypatch)
+    with running_simulator(SimulatorConfig(batch_expire_first=1, batch_failed_line_rate=0.1, batch_completion_s=0.1)) as base_url:
+        report = _batch(base_url)
+    assert report["images"] == {"done": LIMIT}
+    with session_scope(settings) as session:
+        first = session.scalars(select(ApiBatch).order_by(ApiBatch.id)).first()
+        assert first.status == "imported" and first.completed_count == 0
+        assert session.scalar(select(func.count()).select_from(VLLMCall).where(VLLMCall.batch_id == first.batch_id)) == 0
