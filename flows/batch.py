@@ -9,6 +9,7 @@ submitted twice, and a batch still in progress is waited for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -37,8 +38,11 @@ def annotate_batch_flow(
     price_factor: float = 0.5,
     max_requests_per_batch: int = 50_000,
     poll_s: float = 30.0,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Annotate (or resume) run `run_name` in batch rounds; returns the run report as a dict."""
+    """Annotate (or resume) run `run_name` in batch rounds; returns the run report as a dict.
+
+    Each round's progress goes to the flow's log, and to `say` too when given (the CLI prints it)."""
     logger = get_run_logger()
     settings = get_settings()
     config = config or AnnotateConfig()
@@ -68,7 +72,12 @@ def annotate_batch_flow(
     client = openai.OpenAI(base_url=vllm_config.base_url, api_key=vllm_config.api_key.get_secret_value(),
                            timeout=vllm_config.timeout_s)
     try:
-        stop_reason = BatchRunner(annotator, sessions, client, batch, logger.info).run()
+        def progress(line: str) -> None:
+            logger.info(line)
+            if say is not None:
+                say(line)
+
+        stop_reason = BatchRunner(annotator, sessions, client, batch, progress).run()
     finally:
         client.close()
     with sessions.begin() as session:

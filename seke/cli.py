@@ -341,6 +341,10 @@ def annotate(
     lease_s: Annotated[float, typer.Option(min=1, help="Seconds a dead worker's images stay leased before others take them.")] = 30.0,
     plan: Annotated[bool, typer.Option("--plan", help="Print expected calls, tokens, dollars and time; annotate nothing.")] = False,
     pilot: Annotated[int | None, typer.Option(min=1, help="With --plan: measure on K of the run's images first (paid, run <run>-pilot).")] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Run SEKE in rounds over the OpenAI Batch API (half price, hours).")] = False,
+    batch_poll_s: Annotated[float, typer.Option(min=0, help="With --batch: seconds between checks of a batch.")] = 30.0,
+    batch_price_factor: Annotated[float, typer.Option(min=0, help="With --batch: batch price relative to online.")] = 0.5,
+    batch_max_requests: Annotated[int, typer.Option(min=1, max=50_000, help="With --batch: requests per batch.")] = 50_000,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
 
@@ -364,6 +368,9 @@ def annotate(
             _print_plan(
                 plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model)
             )
+        return
+    if batch:
+        _annotate_batch(run, config, limit, batch_poll_s, batch_price_factor, batch_max_requests)
         return
     try:
         with _endpoint(settings) as (base_url, model), _bars():
@@ -400,6 +407,26 @@ def annotate(
         # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel; 0 for a budget (it did what was asked).
         reason = result["stop_reason"] or ""
         raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
+
+
+def _annotate_batch(run: str, config, limit: int | None, poll_s: float, price_factor: float, max_requests: int) -> None:
+    """`seke annotate --batch`: the rounds, each round's progress printed as it goes."""
+    from flows.batch import annotate_batch_flow
+
+    with _endpoint(get_settings()) as (base_url, model):
+        state = annotate_batch_flow(
+            run_name=run, config=config, limit=limit, base_url=base_url, model=model, price_factor=price_factor,
+            max_requests_per_batch=max_requests, poll_s=poll_s, say=console.print, return_state=True,
+        )
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        console.print(f"[red]run {run!r} failed:[/red] {result}")
+        raise typer.Exit(1)
+    _print_report(result)
+    if result["status"] != "completed":
+        console.print(f"[yellow]run {run!r} {result['status']}: {result['stop_reason'] or ''}; "
+                      f"resume with `seke annotate --run {run} --batch`[/yellow]")
+        raise typer.Exit(1)
 
 
 def _print_plan(plan) -> None:

@@ -9,6 +9,9 @@ larger than one batch is split.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -154,3 +157,19 @@ def test_an_expired_batch_is_retried_in_the_next_round(
         first = session.scalars(select(ApiBatch).order_by(ApiBatch.id)).first()
         assert first.status == "imported" and first.completed_count == 0
         assert session.scalar(select(func.count()).select_from(VLLMCall).where(VLLMCall.batch_id == first.batch_id)) == 0
+
+
+def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Path, tmp_path: Path) -> None:
+    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
+    with running_simulator(SimulatorConfig()) as base_url:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "SEKE_"))}
+        env.update(
+            HOME=str(tmp_path), SEKE_STATE_DIR=str(tmp_path / "state"), SEKE_DATABASE_URL=settings.database_url.get_secret_value(),
+            SEKE_STORE_URL=settings.store_url, SEKE_VLLM_BASE_URL=base_url, SEKE_VLLM_MODEL="seke-simulator", COLUMNS="160",
+        )
+        done = subprocess.run([str(Path(sys.executable).parent / "seke"), "annotate", "--run", "cli-batch", "--limit", "3",
+                               "--batch", "--batch-poll-s", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "round 1: 6 requests for 3 images in 1 batch(es)" in done.stdout
+    assert "all rounds done" in done.stdout and "run cli-batch: completed" in done.stdout
+    assert "Warning" not in done.stdout + done.stderr, done.stderr[-3000:]
