@@ -39,13 +39,13 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.orm import ApiBatch, RunImage
+from models.orm import ApiBatch, RunImage, VLLMCall
 from models.vocab import BatchStatus, ImageStatus, Stage
 from tasks.annotate import AnnotateSession, Annotator, ImageState
 from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
 from tasks.seke import Answer, CallKey, CallRequest, sub_seed
 from tasks.uamc import initial_samples
-from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage
+from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, parse_answer
 
 ENDPOINT = "/v1/chat/completions"
 #: Statuses after which a batch changes no more (its output, if any, can be imported).
@@ -82,10 +82,17 @@ class PendingCall:
     record: Any  # the client's request record (tasks.vllm._Request): request_params and token estimate
 
 
-def _as_parsed(stored: dict[str, Any] | None, answer_model: type[BaseModel]) -> dict[str, Any] | None:
-    """A stored answer as the client's parser returns it: JSONB reorders keys, and the order of the samples'
-    keys shows in the summary prompt, which must be the prompt online mode sends."""
-    return None if stored is None else answer_model.model_validate(stored).model_dump(mode="json")
+#: The raw text of a run's valid stored calls, by (image id, stage, index).
+RawTexts = dict[tuple[int, str, int], str]
+
+
+def _as_parsed(raw: str | None, stored: dict[str, Any] | None, answer_model: type[BaseModel]) -> dict[str, Any] | None:
+    """A stored answer exactly as the online client parsed it: from its raw text. The samples show in the summary
+    prompt, which must be the prompt online mode sends, and JSONB keeps neither key order nor -0.0."""
+    parsed = parse_answer(raw, answer_model)[0] if raw is not None else None
+    if parsed is None and stored is not None:  # raw text cut at its stored bound: the stored object, reordered
+        parsed = answer_model.model_validate(stored).model_dump(mode="json")
+    return parsed
 
 
 def custom_id(run_id: int, image_id: int, stage: Stage | str, index: int) -> str:
@@ -131,7 +138,8 @@ class Line:
 
 
 async def plan_round(
-    annotator: Annotator, image_ids: list[int], lines: dict[str, Line], config: BatchConfig, concurrency: int = 32
+    annotator: Annotator, image_ids: list[int], raw_texts: RawTexts, lines: dict[str, Line], config: BatchConfig,
+    concurrency: int = 32,
 ) -> RoundPlan:
     """Replay every image; store the `lines` that answer a pending request; return what is still needed.
 
@@ -149,7 +157,8 @@ async def plan_round(
                 async def call(request: CallRequest) -> Answer:
                     stored = state.calls.get((request.stage, request.index))
                     if stored is not None:
-                        return Answer(stored.valid, _as_parsed(stored.parsed, request.answer_model), stored.error)
+                        raw = raw_texts.get((state.image_id, request.stage, request.index))
+                        return Answer(stored.valid, _as_parsed(raw, stored.parsed, request.answer_model), stored.error)
                     found.extend(_pending_calls(session.client, annotator.run_id, annotator.config.seed, start, state, image, request))
                     raise Pending
 
@@ -251,6 +260,20 @@ class BatchRunner:
                 .order_by(RunImage.image_id)
             ))
 
+    def raw_texts(self, image_ids: list[int]) -> RawTexts:
+        with self.sessions() as session:
+            return {
+                (image_id, stage, index): raw
+                for image_id, stage, index, raw in session.execute(
+                    select(VLLMCall.image_id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.raw_text)
+                    .where(VLLMCall.run_id == self.run_id, VLLMCall.valid, VLLMCall.image_id.in_(image_ids))
+                )
+            }
+
+    def plan(self, lines: dict[str, Line]) -> RoundPlan:
+        images = self.open_images()
+        return asyncio.run(plan_round(self.annotator, images, self.raw_texts(images), lines, self.config))
+
     # -- the API --
 
     def submit(self, round_no: int, part: int, lines: list[bytes]) -> int:
@@ -339,22 +362,23 @@ class BatchRunner:
                 for row in open_rows:
                     self.ensure_created(row)
                 lines = self.wait(open_rows)
-                plan = asyncio.run(plan_round(self.annotator, self.open_images(), lines, self.config))
+                plan = self.plan(lines)
                 for row in open_rows:
                     self._set(row.id, status=BatchStatus.IMPORTED.value)
                 self.say(f"round {open_rows[0].round}: stored {plan.stored} answers (${plan.cost_usd:.4f} at the batch price); "
-                         f"{len(plan.pending) - plan.stored} requests go to the next round")
+                         f"{len(plan.pending) - plan.stored} unanswered go to the next round")
                 continue
-            plan = asyncio.run(plan_round(self.annotator, self.open_images(), {}, self.config))
+            plan = self.plan({})
             images = dict(plan.images)
             if not plan.pending:
-                self.say(f"all rounds done: {images}")
+                self.say(f"all rounds done ({images.get('done', 0)} images finished in the last round, "
+                         f"{images.get('failed', 0)} failed)")
                 return None
             round_no = self._last_round() + 1
             if round_no > self.max_rounds:
                 return f"batch mode stopped after {self.max_rounds} rounds with {len(plan.pending)} requests unanswered"
             parts = split_parts(request_lines(list(plan.pending.values())), self.config)
             self.say(f"round {round_no}: {len(plan.pending)} requests for {images.get('pending', 0)} images "
-                     f"in {len(parts)} batch(es); images so far {images}")
+                     f"in {len(parts)} batch(es); {images.get('done', 0)} images finished since the last round")
             for part, lines_of_part in enumerate(parts, start=1):
                 self.submit(round_no, part, lines_of_part)
