@@ -38,6 +38,7 @@ def annotate_batch_flow(
     price_factor: float = 0.5,
     max_requests_per_batch: int = 50_000,
     poll_s: float = 30.0,
+    fallback_online: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Annotate (or resume) run `run_name` in batch rounds; returns the run report as a dict.
@@ -68,7 +69,8 @@ def annotate_batch_flow(
         vllm=vllm_config,
         budget=budget,
     )
-    batch = BatchConfig(price_factor=price_factor, max_requests=max_requests_per_batch, poll_s=poll_s)
+    batch = BatchConfig(price_factor=price_factor, max_requests=max_requests_per_batch, poll_s=poll_s,
+                        fallback_online=fallback_online)
     client = openai.OpenAI(base_url=vllm_config.base_url, api_key=vllm_config.api_key.get_secret_value(),
                            timeout=vllm_config.timeout_s)
     try:

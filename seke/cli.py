@@ -345,6 +345,9 @@ def annotate(
     batch_poll_s: Annotated[float, typer.Option(min=0, help="With --batch: seconds between checks of a batch.")] = 30.0,
     batch_price_factor: Annotated[float, typer.Option(min=0, help="With --batch: batch price relative to online.")] = 0.5,
     batch_max_requests: Annotated[int, typer.Option(min=1, max=50_000, help="With --batch: requests per batch.")] = 50_000,
+    fallback_online: Annotated[
+        bool, typer.Option("--fallback-online", help="With --batch: ask failed or expired lines online at once.")
+    ] = False,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
 
@@ -370,7 +373,7 @@ def annotate(
             )
         return
     if batch:
-        _annotate_batch(run, config, limit, batch_poll_s, batch_price_factor, batch_max_requests)
+        _annotate_batch(run, config, limit, batch_poll_s, batch_price_factor, batch_max_requests, fallback_online)
         return
     try:
         with _endpoint(settings) as (base_url, model), _bars():
@@ -409,14 +412,17 @@ def annotate(
         raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
 
 
-def _annotate_batch(run: str, config, limit: int | None, poll_s: float, price_factor: float, max_requests: int) -> None:
+def _annotate_batch(
+    run: str, config, limit: int | None, poll_s: float, price_factor: float, max_requests: int, fallback_online: bool
+) -> None:
     """`seke annotate --batch`: the rounds, each round's progress printed as it goes."""
     from flows.batch import annotate_batch_flow
 
     with _endpoint(get_settings()) as (base_url, model):
         state = annotate_batch_flow(
             run_name=run, config=config, limit=limit, base_url=base_url, model=model, price_factor=price_factor,
-            max_requests_per_batch=max_requests, poll_s=poll_s, say=console.print, return_state=True,
+            max_requests_per_batch=max_requests, poll_s=poll_s, fallback_online=fallback_online, say=console.print,
+            return_state=True,
         )
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):

@@ -45,7 +45,14 @@ from tasks.annotate import AnnotateSession, Annotator, ImageState
 from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
 from tasks.seke import Answer, CallKey, CallRequest, sub_seed
 from tasks.uamc import initial_samples
-from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, parse_answer
+from tasks.vllm import (
+    AsyncVLLMClient,
+    CallResult,
+    EncodedImage,
+    PermanentCallError,
+    TransientCallError,
+    parse_answer,
+)
 
 ENDPOINT = "/v1/chat/completions"
 #: Statuses after which a batch changes no more (its output, if any, can be imported).
@@ -62,6 +69,7 @@ class BatchConfig:
     poll_s: float = 30.0  # seconds between checks of a batch in progress
     completion_window: str = "24h"
     extra_rounds: int = 3  # rounds allowed beyond N − start + 3, for invalid answers and failed or expired lines
+    fallback_online: bool = False  # ask failed or expired lines online at once instead of in the next round
 
 
 class Pending(Exception):
@@ -80,6 +88,9 @@ class PendingCall:
     max_tokens: int
     body: dict[str, Any]
     record: Any  # the client's request record (tasks.vllm._Request): request_params and token estimate
+    image: EncodedImage  # for --fallback-online
+    temperature: float
+    seed: int
 
 
 #: The raw text of a run's valid stored calls, by (image id, stage, index).
@@ -114,7 +125,7 @@ def _pending_calls(
         built = client._request(request.stage, request.prompt, image, request.answer_model, temperature, seed_i, max_tokens)
         calls.append(PendingCall(
             custom_id(run_id, state.image_id, request.stage, index), state, (request.stage, index),
-            request.prompt, request.answer_model, max_tokens, built.params, built,
+            request.prompt, request.answer_model, max_tokens, built.params, built, image, temperature, seed_i,
         ))
     return calls
 
@@ -126,6 +137,7 @@ class RoundPlan:
     pending: dict[str, PendingCall] = field(default_factory=dict)
     images: Counter[str] = field(default_factory=Counter)
     stored: int = 0
+    online: int = 0  # with fallback_online: unanswered lines asked online instead
     cost_usd: float = 0.0
 
 
@@ -139,11 +151,12 @@ class Line:
 
 async def plan_round(
     annotator: Annotator, image_ids: list[int], raw_texts: RawTexts, lines: dict[str, Line], config: BatchConfig,
-    concurrency: int = 32,
+    concurrency: int = 32, fallback_online: bool = False,
 ) -> RoundPlan:
     """Replay every image; store the `lines` that answer a pending request; return what is still needed.
 
-    Images whose answers are all stored finish (or fail) here, committed, as online.
+    Images whose answers are all stored finish (or fail) here, committed, as online. With `fallback_online`,
+    pending requests without a line are asked online now (at the online price) instead of in the next round.
     """
     plan = RoundPlan()
     start = initial_samples(annotator.config.uamc)
@@ -181,7 +194,25 @@ async def plan_round(
                 await session.writer.add_call(pending.state, pending.key, pending.prompt, result, line.batch_id, cid)
                 plan.stored += 1
                 plan.cost_usd += result.cost_usd
+        if fallback_online:
+            missing = [p for cid, p in plan.pending.items() if cid not in lines]
+            await asyncio.gather(*(_online(session, pending, gate, plan) for pending in missing))
     return plan
+
+
+async def _online(session: AnnotateSession, pending: PendingCall, gate: asyncio.Semaphore, plan: RoundPlan) -> None:
+    """One unanswered line asked online, as the online engine asks it; a transport failure leaves it to the next round."""
+    async with gate:
+        try:
+            result = await session.client.complete(
+                pending.key[0], pending.prompt, image=pending.image, answer_model=pending.answer_model,
+                temperature=pending.temperature, seed=pending.seed, max_tokens=pending.max_tokens,
+            )
+        except (TransientCallError, PermanentCallError):
+            return
+    await session.writer.add_call(pending.state, pending.key, pending.prompt, result)
+    plan.online += 1
+    plan.cost_usd += result.cost_usd
 
 
 def _result(session: AnnotateSession, pending: PendingCall, line: Line, price_factor: float) -> CallResult:
@@ -270,9 +301,11 @@ class BatchRunner:
                 )
             }
 
-    def plan(self, lines: dict[str, Line]) -> RoundPlan:
+    def plan(self, lines: dict[str, Line], *, imported: bool = False) -> RoundPlan:
         images = self.open_images()
-        return asyncio.run(plan_round(self.annotator, images, self.raw_texts(images), lines, self.config))
+        fallback = imported and self.config.fallback_online
+        return asyncio.run(plan_round(self.annotator, images, self.raw_texts(images), lines, self.config,
+                                      fallback_online=fallback))
 
     # -- the API --
 
@@ -362,11 +395,12 @@ class BatchRunner:
                 for row in open_rows:
                     self.ensure_created(row)
                 lines = self.wait(open_rows)
-                plan = self.plan(lines)
+                plan = self.plan(lines, imported=True)
                 for row in open_rows:
                     self._set(row.id, status=BatchStatus.IMPORTED.value)
-                self.say(f"round {open_rows[0].round}: stored {plan.stored} answers (${plan.cost_usd:.4f} at the batch price); "
-                         f"{len(plan.pending) - plan.stored} unanswered go to the next round")
+                self.say(f"round {open_rows[0].round}: stored {plan.stored} answers, ${plan.cost_usd:.4f}; "
+                         + (f"{plan.online} unanswered asked online" if self.config.fallback_online
+                            else f"{len(plan.pending) - plan.stored} unanswered go to the next round"))
                 continue
             plan = self.plan({})
             images = dict(plan.images)

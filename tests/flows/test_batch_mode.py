@@ -159,6 +159,20 @@ def test_an_expired_batch_is_retried_in_the_next_round(
         assert session.scalar(select(func.count()).select_from(VLLMCall).where(VLLMCall.batch_id == first.batch_id)) == 0
 
 
+def test_fallback_online_asks_an_expired_batch_online_in_the_same_round(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(postgres_admin_url, tmp_path, demo, monkeypatch)
+    with running_simulator(SimulatorConfig(batch_expire_first=1)) as base_url:
+        report = _batch(base_url, fallback_online=True)
+    assert report["images"] == {"done": LIMIT}
+    with session_scope(settings) as session:
+        online = session.scalars(select(VLLMCall.stage).where(VLLMCall.batch_id.is_(None))).all()
+        rounds = session.scalar(select(func.max(ApiBatch.round)))
+    assert online and set(online) == {"prior-sample"}  # round 1 expired: its first samples were asked online
+    assert rounds <= 6  # no round was added for the expired one
+
+
 def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Path, tmp_path: Path) -> None:
     settings = prepared_settings(postgres_admin_url, tmp_path, demo)
     with running_simulator(SimulatorConfig()) as base_url:
@@ -173,3 +187,39 @@ def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Pat
     assert "round 1: 6 requests for 3 images in 1 batch(es)" in done.stdout
     assert "all rounds done" in done.stdout and "run cli-batch: completed" in done.stdout
     assert "Warning" not in done.stdout + done.stderr, done.stderr[-3000:]
+
+
+def test_a_run_stopped_while_waiting_resumes_its_batch_and_a_cancelled_batch_goes_to_the_next_round(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import batch as batch_module
+
+    settings = _settings(postgres_admin_url, tmp_path, demo, monkeypatch)
+
+    class Stopped(Exception):
+        pass
+
+    original = batch_module.BatchRunner.wait
+
+    def stop_while_waiting(self, rows):
+        # The process stops while its batch is in progress, and the batch is cancelled at the provider meanwhile.
+        self.client.batches.cancel(rows[0].batch_id)
+        raise Stopped
+
+    with running_simulator(SimulatorConfig(batch_completion_s=0.5)) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="x")
+        monkeypatch.setattr(batch_module.BatchRunner, "wait", stop_while_waiting)
+        with pytest.raises(Stopped):
+            _batch(base_url)
+        with session_scope(settings) as session:
+            (row,) = session.scalars(select(ApiBatch)).all()
+        assert row.batch_id and row.status == "in_progress"
+        monkeypatch.setattr(batch_module.BatchRunner, "wait", original)
+        report = _batch(base_url)
+        inputs = [b.input_file_id for b in client.batches.list()]
+    assert report["images"] == {"done": LIMIT}
+    assert len(inputs) == len(set(inputs))
+    with session_scope(settings) as session:
+        first = session.get(ApiBatch, row.id)
+        assert first.status == "imported" and first.completed_count == 0
+        assert session.scalar(select(func.count()).select_from(VLLMCall).where(VLLMCall.batch_id == row.batch_id)) == 0
