@@ -15,16 +15,19 @@ from typing import Any
 
 import openai
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from sqlalchemy import select
 
 from core.config import get_settings
 from core.db import database_url, session_factory
 from core.store import open_store
 from core.version import code_version
-from models.names import Name
+from models.names import Name, slug
+from models.orm import ApiBatch
 from tasks.annotate import AnnotateConfig, Annotator, Budget
 from tasks.batch import BatchConfig, BatchRunner
 from tasks.budget import run_spent
-from tasks.runs import close_run, open_run, run_report
+from tasks.runs import close_run, image_counts, open_run, run_report
 from tasks.vllm import VLLMConfig
 
 
@@ -71,6 +74,7 @@ def annotate_batch_flow(
     )
     batch = BatchConfig(price_factor=price_factor, max_requests=max_requests_per_batch, poll_s=poll_s,
                         fallback_online=fallback_online)
+    artifact = create_progress_artifact(0.0, description=f"run {run_name}: batch mode starting")
     client = openai.OpenAI(base_url=vllm_config.base_url, api_key=vllm_config.api_key.get_secret_value(),
                            timeout=vllm_config.timeout_s)
     try:
@@ -78,6 +82,10 @@ def annotate_batch_flow(
             logger.info(line)
             if say is not None:
                 say(line)
+            with sessions() as session:
+                counts = image_counts(session, run_id)
+            total = max(sum(counts.values()), 1)
+            update_progress_artifact(artifact, progress=100.0 * counts.get("done", 0) / total, description=line)
 
         stop_reason = BatchRunner(annotator, sessions, client, batch, progress).run()
     finally:
@@ -85,5 +93,12 @@ def annotate_batch_flow(
     with sessions.begin() as session:
         status = close_run(session, run_id, stop_reason=stop_reason)
         report = run_report(session, run_id)
+        batches = session.scalars(select(ApiBatch).where(ApiBatch.run_id == run_id).order_by(ApiBatch.round, ApiBatch.part))
+        create_table_artifact(
+            [{"round": b.round, "part": b.part, "batch": b.batch_id, "status": b.status, "requests": b.request_count,
+              "answered": b.completed_count, "failed": b.failed_count} for b in batches],
+            key=f"{slug(run_name)}-batches",
+            description="The run's batches, round by round",
+        )
     logger.info("run %s %s: %s", run_name, status, dict(report.images))
     return {**asdict(report), "run_id": run_id}
