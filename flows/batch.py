@@ -30,6 +30,9 @@ from tasks.budget import run_spent
 from tasks.runs import close_run, image_counts, open_run, run_report
 from tasks.vllm import VLLMConfig
 
+#: The endpoint recorded for a run whose rounds run as files on a machine this one cannot reach.
+OFFLINE_URL = "http://vllm-run-batch.offline/v1"
+
 
 @flow(name="annotate-batch", flow_run_name="annotate-batch-{run_name}")
 def annotate_batch_flow(
@@ -102,3 +105,22 @@ def annotate_batch_flow(
         )
     logger.info("run %s %s: %s", run_name, status, dict(report.images))
     return {**asdict(report), "run_id": run_id}
+
+
+def offline_runner(run_name: str, config: AnnotateConfig, limit: int | None, model: str | None,
+                   price_factor: float) -> BatchRunner:
+    """A run's rounds as files (`seke batch export-round` / `import-round`), for `vllm run-batch` elsewhere.
+
+    The request bodies are those an endpoint configured by SEKE_VLLM_* would get; with no endpoint configured,
+    the model named here (or SEKE_VLLM_MODEL) and an offline placeholder URL, recorded with the run.
+    """
+    settings = get_settings()
+    sessions = session_factory(settings)
+    vllm_config = VLLMConfig.from_settings(settings, base_url=settings.vllm_base_url or OFFLINE_URL, model=model)
+    with sessions.begin() as session:
+        run_id = open_run(session, run_name, config=config, model=vllm_config.model,
+                          endpoint=vllm_config.public_snapshot(), code_version=code_version(), limit=limit)
+        budget = Budget(*run_spent(session, run_id), None, None)
+    annotator = Annotator(run_id=run_id, run_name=run_name, config=config, database_url=database_url(settings),
+                          store=open_store(settings), vllm=vllm_config, budget=budget)
+    return BatchRunner(annotator, sessions, None, BatchConfig(price_factor=price_factor), lambda line: None)

@@ -800,6 +800,49 @@ def audit(
     console.print(Markdown(result["table"]))
 
 
+batch_app = typer.Typer(help="Batch mode's rounds as files, for `vllm run-batch` on a machine with no database.",
+                        no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("export-round")
+def batch_export_round(
+    run: Annotated[str, typer.Argument(help="Run name (created if new).", callback=_valid_name)],
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write (OpenAI batch input format).")],
+    limit: Annotated[int | None, typer.Option(min=1, help="A new run: annotate at most the first N FEID images.")] = None,
+    seed: int = 0,
+    model: Annotated[str | None, typer.Option(help="Model name in the requests (default SEKE_VLLM_MODEL).")] = None,
+) -> None:
+    """Write the run's next round of requests; run it with `vllm run-batch -i in.jsonl -o out.jsonl`."""
+    from flows.batch import offline_runner
+    from tasks.annotate import AnnotateConfig
+
+    _ready(get_settings())
+    lines = offline_runner(run, AnnotateConfig(seed=seed), limit, model, 1.0).export_round()
+    out.write_bytes(b"".join(lines))
+    console.print(f"{len(lines)} requests written to {out}" if lines else f"run {run!r}: no request left, every image is answered")
+
+
+@batch_app.command("import-round")
+def batch_import_round(
+    run: Annotated[str, typer.Argument(help="Run name.", callback=_valid_name)],
+    results: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The round's output JSONL.")],
+    seed: int = 0,
+    model: Annotated[str | None, typer.Option(help="Model name the run was exported with.")] = None,
+    price_factor: Annotated[float, typer.Option(min=0, help="Price relative to the configured per-token prices.")] = 1.0,
+) -> None:
+    """Store a round's answered lines as calls (idempotent); then export the next round."""
+    from flows.batch import offline_runner
+    from tasks.annotate import AnnotateConfig
+
+    _ready(get_settings())
+    plan = offline_runner(run, AnnotateConfig(seed=seed), None, model, price_factor).import_round(
+        results.read_text(), results.name
+    )
+    console.print(f"stored {plan.stored} answers from {results} (${plan.cost_usd:.4f}); "
+                  f"{len(plan.pending) - plan.stored} requests still unanswered")
+
+
 schedule_app = typer.Typer(help="Recurring annotate runs: schedules on the Prefect server's annotate deployment.", no_args_is_help=True)
 app.add_typer(schedule_app, name="schedule")
 

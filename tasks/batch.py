@@ -43,6 +43,7 @@ from models.orm import ApiBatch, RunImage, VLLMCall
 from models.vocab import BatchStatus, ImageStatus, Stage
 from tasks.annotate import AnnotateSession, Annotator, ImageState
 from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
+from tasks.runs import close_run
 from tasks.seke import Answer, CallKey, CallRequest, sub_seed
 from tasks.uamc import initial_samples
 from tasks.vllm import (
@@ -235,6 +236,22 @@ def request_lines(pending: list[PendingCall]) -> list[bytes]:
     ]
 
 
+def output_lines(text: str, batch_id: str) -> dict[str, Line]:
+    """The answered lines of a batch output file (OpenAI's, or vLLM run-batch's: the same format), by custom id."""
+    lines: dict[str, Line] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {number} of batch output {batch_id} is not JSON: {exc}") from exc
+        response = row.get("response") or {}
+        if response.get("status_code") == 200 and row.get("custom_id"):
+            lines[row["custom_id"]] = Line(batch_id, response["body"])
+    return lines
+
+
 def split_parts(lines: list[bytes], config: BatchConfig) -> list[list[bytes]]:
     """Consecutive parts of at most `max_requests` lines and `max_bytes` bytes each."""
     parts: list[list[bytes]] = [[]]
@@ -255,16 +272,23 @@ class BatchRunner:
         self,
         annotator: Annotator,
         sessions: sessionmaker[Session],
-        client: openai.OpenAI,
+        client: openai.OpenAI | None,
         config: BatchConfig,
         say: Callable[[str], None],
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.annotator, self.sessions, self.client, self.config = annotator, sessions, client, config
+        self.annotator, self.sessions, self.config = annotator, sessions, config
         self.say, self.sleep = say, sleep
+        self._client = client
         self.run_id = annotator.run_id
         uamc = annotator.config.uamc
         self.max_rounds = uamc.max_samples - initial_samples(uamc) + 3 + config.extra_rounds
+
+    @property
+    def client(self) -> openai.OpenAI:
+        if self._client is None:
+            raise RuntimeError("this batch runner reads and writes files only: it has no Batch API client")
+        return self._client
 
     # -- rows --
 
@@ -375,15 +399,21 @@ class BatchRunner:
             return session.scalar(select(ApiBatch.batch_id).where(ApiBatch.id == row_id))
 
     def read_output(self, batch_id: str, file_id: str) -> dict[str, Line]:
-        lines: dict[str, Line] = {}
-        for text in self.client.files.content(file_id).text.splitlines():
-            if not text.strip():
-                continue
-            row = json.loads(text)
-            response = row.get("response") or {}
-            if response.get("status_code") == 200 and row.get("custom_id"):
-                lines[row["custom_id"]] = Line(batch_id, response["body"])
-        return lines
+        return output_lines(self.client.files.content(file_id).text, batch_id)
+
+    # -- offline rounds (vLLM run-batch files) --
+
+    def export_round(self) -> list[bytes]:
+        """The next round's request lines, for a batch run elsewhere; images already answered finish here."""
+        pending = self.plan({}).pending
+        if not pending:
+            with self.sessions.begin() as session:
+                close_run(session, self.run_id, stop_reason=None)
+        return request_lines(list(pending.values()))
+
+    def import_round(self, text: str, name: str) -> RoundPlan:
+        """Store the answered lines of an output file (idempotent: only calls still missing are stored)."""
+        return self.plan(output_lines(text, f"file:{name}"))
 
     # -- the rounds --
 

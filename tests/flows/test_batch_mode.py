@@ -185,6 +185,10 @@ def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Pat
                                "--batch", "--batch-poll-s", "0"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "round 1: 6 requests for 3 images in 1 batch(es)" in done.stdout
+    files = subprocess.run([str(Path(sys.executable).parent / "seke"), "batch", "export-round", "cli-files", "--limit", "2",
+                            "--out", str(tmp_path / "in.jsonl")], env=env, capture_output=True, text=True, timeout=300)
+    assert files.returncode == 0, files.stdout[-2000:] + files.stderr[-3000:]
+    assert "4 requests written to" in files.stdout and len((tmp_path / "in.jsonl").read_text().splitlines()) == 4
     assert "all rounds done" in done.stdout and "run cli-batch: completed" in done.stdout
     assert "Warning" not in done.stdout + done.stderr, done.stderr[-3000:]
 
@@ -223,3 +227,43 @@ def test_a_run_stopped_while_waiting_resumes_its_batch_and_a_cancelled_batch_goe
         first = session.get(ApiBatch, row.id)
         assert first.status == "imported" and first.completed_count == 0
         assert session.scalar(select(func.count()).select_from(VLLMCall).where(VLLMCall.batch_id == row.batch_id)) == 0
+
+
+def test_rounds_as_files_for_vllm_run_batch_match_online_mode_and_import_is_idempotent(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from flows.batch import offline_runner
+
+    online = _settings(postgres_admin_url, tmp_path / "online", demo, monkeypatch)
+    with running_simulator(SimulatorConfig()) as base_url:
+        assert _online(base_url)["images"] == {"done": LIMIT}
+    expected = results(online)
+
+    settings = _settings(postgres_admin_url, tmp_path / "files", demo, monkeypatch)
+
+    def runner():
+        return offline_runner(RUN, AnnotateConfig(seed=7), LIMIT, "seke-simulator", 1.0)
+
+    with running_simulator(SimulatorConfig()) as base_url:
+        for round_no in range(1, 10):
+            requests = runner().export_round()
+            if not requests:
+                break
+            # What `vllm run-batch -i in.jsonl -o out.jsonl` does: every line answered, in the same format.
+            output = tmp_path / f"out-{round_no}.jsonl"
+            with output.open("w") as file:
+                for raw in requests:
+                    line = json.loads(raw)
+                    answer = httpx.post(f"{base_url}/chat/completions", json=line["body"], timeout=30).json()
+                    file.write(json.dumps({"id": f"vllm-{round_no}", "custom_id": line["custom_id"],
+                                           "response": {"status_code": 200, "request_id": "r", "body": answer},
+                                           "error": None}) + "\n")
+            assert runner().import_round(output.read_text(), output.name).stored == len(requests)
+            assert runner().import_round(output.read_text(), output.name).stored == 0  # idempotent
+    assert round_no <= 7
+    assert results(settings) == expected
+    with session_scope(settings) as session:
+        assert session.scalar(select(Run.status).where(Run.name == RUN)) == "completed"
+        assert session.scalar(select(func.count()).select_from(VLLMCall).where(~VLLMCall.batch_id.like("file:out-%"))) == 0
