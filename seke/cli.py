@@ -369,7 +369,8 @@ def annotate(
 
         with _endpoint(settings) if pilot else nullcontext((None, None)) as (base_url, model):
             _print_plan(
-                plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model)
+                plan_annotate(run, config=config, limit=limit, concurrency=concurrency, pilot=pilot, base_url=base_url, model=model),
+                batch=(batch_price_factor, uamc),
             )
         return
     if batch:
@@ -435,8 +436,8 @@ def _annotate_batch(
         raise typer.Exit(1)
 
 
-def _print_plan(plan) -> None:
-    """The plan's ranges, one row each."""
+def _print_plan(plan, batch=None) -> None:
+    """The plan's ranges, one row each; with `batch` (price factor, UAMC config), batch mode's cost and rounds too."""
 
     def span(r, fmt: str) -> str:
         return f"{fmt.format(r.low)} – {fmt.format(r.high)}"
@@ -450,6 +451,13 @@ def _print_plan(plan) -> None:
     table.add_row("tokens out", span(plan.tokens_out, "{:,.0f}"))
     table.add_row("cost", span(plan.cost_usd, "${:,.2f}"))
     table.add_row("wall time", f"{hours(plan.wall_s.low)} – {hours(plan.wall_s.high)}")
+    if batch is not None:
+        from tasks.uamc import initial_samples
+
+        factor, uamc = batch
+        rounds = uamc.max_samples - initial_samples(uamc) + 3 if uamc.enabled else 3
+        table.add_row("cost with --batch", span(plan.cost_usd.times(factor), "${:,.2f}"))
+        table.add_row("time with --batch", f"up to {rounds} rounds, each within the batch completion window (24 h)")
     console.print(table)
     for note in plan.notes:
         console.print(f"[dim]{note}[/dim]")

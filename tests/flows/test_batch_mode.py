@@ -189,6 +189,12 @@ def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Pat
                             "--out", str(tmp_path / "in.jsonl")], env=env, capture_output=True, text=True, timeout=300)
     assert files.returncode == 0, files.stdout[-2000:] + files.stderr[-3000:]
     assert "4 requests written to" in files.stdout and len((tmp_path / "in.jsonl").read_text().splitlines()) == 4
+    plan = subprocess.run([str(Path(sys.executable).parent / "seke"), "annotate", "--run", "planned", "--limit", "3", "--plan"],
+                          # --plan formats the endpoint's caps, which a self-hosted endpoint leaves unset: give it some
+                          env={**env, "SEKE_REQUESTS_PER_MINUTE": "3000", "SEKE_TOKENS_PER_MINUTE": "2000000"},
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stdout[-2000:] + plan.stderr[-3000:]
+    assert "cost with --batch" in plan.stdout and "up to 6 rounds" in plan.stdout
     assert "all rounds done" in done.stdout and "run cli-batch: completed" in done.stdout
     assert "Warning" not in done.stdout + done.stderr, done.stderr[-3000:]
 
