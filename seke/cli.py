@@ -373,6 +373,8 @@ def annotate(
                 batch=(batch_price_factor, uamc),
             )
         return
+    if batch and (max_calls or max_cost or workers > 1 or via_deployments):
+        raise typer.BadParameter("--batch runs one process and takes no --max-calls, --max-cost or --workers", param_hint="--batch")
     if batch:
         _annotate_batch(run, config, limit, batch_poll_s, batch_price_factor, batch_max_requests, fallback_online)
         return
