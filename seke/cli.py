@@ -522,7 +522,14 @@ def runs_show(name: str) -> None:
     settings = get_settings()
     _ready(settings)
     with session_scope(settings) as session:
-        _print_report(asdict(run_report(session, _find_run(session, name, "NAME").id)))
+        run_id = _find_run(session, name, "NAME").id
+        _print_report(asdict(run_report(session, run_id)))
+        from tasks.batch import batch_savings
+
+        savings = batch_savings(session, run_id)
+    if savings.calls:
+        console.print(f"batch mode: {savings.calls} calls for ${savings.cost_usd:.4f}, "
+                      f"${savings.online_cost_usd:.4f} online: saved ${savings.saved_usd:.4f}")
 
 
 @app.command()

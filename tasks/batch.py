@@ -446,3 +446,30 @@ class BatchRunner:
                      f"in {len(parts)} batch(es); {images.get('done', 0)} images finished since the last round")
             for part, lines_of_part in enumerate(parts, start=1):
                 self.submit(round_no, part, lines_of_part)
+
+
+@dataclass(frozen=True)
+class BatchSavings:
+    """What a run's calls answered by the Batch API cost, against the same tokens at the run's online prices."""
+
+    calls: int
+    cost_usd: float
+    online_cost_usd: float
+
+    @property
+    def saved_usd(self) -> float:
+        return self.online_cost_usd - self.cost_usd
+
+
+def batch_savings(session: Session, run_id: int) -> BatchSavings:
+    """From the stored calls that name a provider batch (not imported files) and the run's recorded prices."""
+    from models.orm import Run
+
+    endpoint = (session.get(Run, run_id).config or {}).get("endpoint") or {}  # type: ignore[union-attr]
+    calls, cost, tokens_in, tokens_out = session.execute(
+        select(func.count(), func.coalesce(func.sum(VLLMCall.cost_usd), 0), func.coalesce(func.sum(VLLMCall.tokens_in), 0),
+               func.coalesce(func.sum(VLLMCall.tokens_out), 0))
+        .where(VLLMCall.run_id == run_id, VLLMCall.batch_id.is_not(None), VLLMCall.batch_id.not_like("file:%"))
+    ).one()
+    online = (tokens_in * endpoint.get("price_in_per_mtok", 0) + tokens_out * endpoint.get("price_out_per_mtok", 0)) / 1e6
+    return BatchSavings(int(calls), float(cost), float(online))

@@ -99,6 +99,13 @@ def test_batch_mode_matches_online_mode_at_half_the_price(
         assert {s for (s,) in session.execute(select(ApiBatch.status))} == {"imported"}
     config = AnnotateConfig().uamc
     assert rounds <= config.max_samples - config.start_samples + 3
+    from tasks.batch import batch_savings
+
+    with session_scope(batch) as session:
+        savings = batch_savings(session, report["run_id"])
+    assert savings.calls == len(online_results["calls"])
+    assert savings.online_cost_usd == pytest.approx(online_cost, rel=1e-3)
+    assert savings.saved_usd == pytest.approx(online_cost * 0.5, rel=1e-3)
 
 
 def test_crash_after_submission_submits_no_batch_twice_and_a_large_round_is_split(
@@ -197,6 +204,9 @@ def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Pat
     assert "cost with --batch" in plan.stdout and "up to 6 rounds" in plan.stdout
     assert "all rounds done" in done.stdout and "run cli-batch: completed" in done.stdout
     assert "Warning" not in done.stdout + done.stderr, done.stderr[-3000:]
+    show = subprocess.run([str(Path(sys.executable).parent / "seke"), "runs", "show", "cli-batch"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0 and "batch mode: " in show.stdout and "saved $" in show.stdout, show.stdout + show.stderr
 
 
 def test_a_run_stopped_while_waiting_resumes_its_batch_and_a_cancelled_batch_goes_to_the_next_round(
