@@ -45,6 +45,7 @@ def annotate_batch_flow(
     max_requests_per_batch: int = 50_000,
     poll_s: float = 30.0,
     fallback_online: bool = False,
+    plan_chunk: int = 1000,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Annotate (or resume) run `run_name` in batch rounds; returns the run report as a dict.
@@ -76,7 +77,7 @@ def annotate_batch_flow(
         budget=budget,
     )
     batch = BatchConfig(price_factor=price_factor, max_requests=max_requests_per_batch, poll_s=poll_s,
-                        fallback_online=fallback_online)
+                        fallback_online=fallback_online, plan_chunk=plan_chunk)
     artifact = create_progress_artifact(0.0, description=f"run {run_name}: batch mode starting")
     client = openai.OpenAI(base_url=vllm_config.base_url, api_key=vllm_config.api_key.get_secret_value(),
                            timeout=vllm_config.timeout_s)

@@ -189,6 +189,7 @@ class _Simulator:
         self._cap_updated = time.monotonic()
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}  # id -> (file object, content)
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object, in creation order
+        self._batch_due: dict[str, float] = {}  # id -> monotonic time its lines are answered
 
     def over_rate_cap(self) -> bool:
         """Whether this request exceeds the configured requests/min (a bucket refilled continuously)."""
@@ -368,11 +369,12 @@ class _Simulator:
             "error_file_id": None,
         }
         self.batches[batch["id"]] = batch
+        self._batch_due[batch["id"]] = time.monotonic() + self.config.batch_completion_s
         return JSONResponse(self._advanced(batch))
 
     def _advanced(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch as of now: once its completion delay has passed, every line is answered (or expired)."""
-        if batch["status"] != "in_progress" or time.time() < batch["created_at"] + self.config.batch_completion_s:
+        if batch["status"] != "in_progress" or time.monotonic() < self._batch_due[batch["id"]]:
             return batch
         index = list(self.batches).index(batch["id"])
         expired = index < self.config.batch_expire_first

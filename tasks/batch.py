@@ -71,6 +71,7 @@ class BatchConfig:
     completion_window: str = "24h"
     extra_rounds: int = 3  # rounds allowed beyond N − start + 3, for invalid answers and failed or expired lines
     fallback_online: bool = False  # ask failed or expired lines online at once instead of in the next round
+    plan_chunk: int = 1000  # images replayed at once when planning a round
 
 
 class Pending(Exception):
@@ -136,6 +137,7 @@ class RoundPlan:
     """What a replay of every open image found: the requests still needed, images per outcome, lines stored."""
 
     pending: dict[str, PendingCall] = field(default_factory=dict)
+    requests: int = 0  # pending requests (BatchRunner.plan hands them on chunk by chunk)
     images: Counter[str] = field(default_factory=Counter)
     stored: int = 0
     online: int = 0  # with fallback_online: unanswered lines asked online instead
@@ -188,6 +190,7 @@ async def plan_round(
                 plan.images[outcome.status] += 1
 
         await asyncio.gather(*(one(image_id) for image_id in image_ids))
+        plan.requests = len(plan.pending)
         for cid, pending in plan.pending.items():
             line = lines.get(cid)
             if line is not None:
@@ -252,17 +255,28 @@ def output_lines(text: str, batch_id: str) -> dict[str, Line]:
     return lines
 
 
-def split_parts(lines: list[bytes], config: BatchConfig) -> list[list[bytes]]:
-    """Consecutive parts of at most `max_requests` lines and `max_bytes` bytes each."""
-    parts: list[list[bytes]] = [[]]
-    size = 0
-    for line in lines:
-        if parts[-1] and (len(parts[-1]) >= config.max_requests or size + len(line) > config.max_bytes):
-            parts.append([])
-            size = 0
-        parts[-1].append(line)
-        size += len(line)
-    return [part for part in parts if part]
+class _Parts:
+    """A round's request lines, submitted as a batch whenever the next line would pass a per-file limit."""
+
+    def __init__(self, runner: BatchRunner, round_no: int) -> None:
+        self.runner, self.round_no = runner, round_no
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.parts = 0
+
+    def add(self, pending: list[PendingCall]) -> None:
+        config = self.runner.config
+        for line in request_lines(pending):
+            if self.lines and (len(self.lines) >= config.max_requests or self.size + len(line) > config.max_bytes):
+                self.flush()
+            self.lines.append(line)
+            self.size += len(line)
+
+    def flush(self) -> None:
+        if self.lines:
+            self.parts += 1
+            self.runner.submit(self.round_no, self.parts, self.lines)
+            self.lines, self.size = [], 0
 
 
 class BatchRunner:
@@ -325,11 +339,29 @@ class BatchRunner:
                 )
             }
 
-    def plan(self, lines: dict[str, Line], *, imported: bool = False) -> RoundPlan:
+    def plan(
+        self, lines: dict[str, Line], *, imported: bool = False, each: Callable[[list[PendingCall]], None] | None = None
+    ) -> RoundPlan:
+        """Replay the open images `plan_chunk` at a time (request bodies carry their image: memory stays bounded).
+
+        `each` receives each chunk's pending requests; without it, the returned plan keeps them all."""
+        total = RoundPlan()
         images = self.open_images()
         fallback = imported and self.config.fallback_online
-        return asyncio.run(plan_round(self.annotator, images, self.raw_texts(images), lines, self.config,
-                                      fallback_online=fallback))
+        for start in range(0, len(images), self.config.plan_chunk):
+            chunk = images[start : start + self.config.plan_chunk]
+            plan = asyncio.run(plan_round(self.annotator, chunk, self.raw_texts(chunk), lines, self.config,
+                                          fallback_online=fallback))
+            total.images.update(plan.images)
+            total.requests += len(plan.pending)
+            total.stored += plan.stored
+            total.online += plan.online
+            total.cost_usd += plan.cost_usd
+            if each is not None:
+                each(list(plan.pending.values()))
+            else:
+                total.pending.update(plan.pending)
+        return total
 
     # -- the API --
 
@@ -405,11 +437,12 @@ class BatchRunner:
 
     def export_round(self) -> list[bytes]:
         """The next round's request lines, for a batch run elsewhere; images already answered finish here."""
-        pending = self.plan({}).pending
-        if not pending:
+        lines: list[bytes] = []
+        self.plan({}, each=lambda pending: lines.extend(request_lines(pending)))
+        if not lines:
             with self.sessions.begin() as session:
                 close_run(session, self.run_id, stop_reason=None)
-        return request_lines(list(pending.values()))
+        return lines
 
     def import_round(self, text: str, name: str) -> RoundPlan:
         """Store the answered lines of an output file (idempotent: only calls still missing are stored)."""
@@ -430,22 +463,22 @@ class BatchRunner:
                     self._set(row.id, status=BatchStatus.IMPORTED.value)
                 self.say(f"round {open_rows[0].round}: stored {plan.stored} answers, ${plan.cost_usd:.4f}; "
                          + (f"{plan.online} unanswered asked online" if self.config.fallback_online
-                            else f"{len(plan.pending) - plan.stored} unanswered go to the next round"))
+                            else f"{plan.requests - plan.stored} unanswered go to the next round"))
                 continue
-            plan = self.plan({})
+            round_no = self._last_round() + 1
+            parts = _Parts(self, round_no)
+            # Past the last round nothing is submitted: the replay only finishes the images it can.
+            plan = self.plan({}, each=parts.add if round_no <= self.max_rounds else lambda pending: None)
+            parts.flush()
             images = dict(plan.images)
-            if not plan.pending:
+            if not plan.requests:
                 self.say(f"all rounds done ({images.get('done', 0)} images finished in the last round, "
                          f"{images.get('failed', 0)} failed)")
                 return None
-            round_no = self._last_round() + 1
             if round_no > self.max_rounds:
-                return f"batch mode stopped after {self.max_rounds} rounds with {len(plan.pending)} requests unanswered"
-            parts = split_parts(request_lines(list(plan.pending.values())), self.config)
-            self.say(f"round {round_no}: {len(plan.pending)} requests for {images.get('pending', 0)} images "
-                     f"in {len(parts)} batch(es); {images.get('done', 0)} images finished since the last round")
-            for part, lines_of_part in enumerate(parts, start=1):
-                self.submit(round_no, part, lines_of_part)
+                return f"batch mode stopped after {self.max_rounds} rounds with {plan.requests} requests unanswered"
+            self.say(f"round {round_no}: {plan.requests} requests for {images.get('pending', 0)} images "
+                     f"in {parts.parts} batch(es); {images.get('done', 0)} images finished since the last round")
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def test_crash_after_submission_submits_no_batch_twice_and_a_large_round_is_spli
             (row,) = session.scalars(select(ApiBatch)).all()
             assert row.batch_id is None and row.status == "uploaded"
 
-        report = _batch(base_url, max_requests_per_batch=5)
+        report = _batch(base_url, max_requests_per_batch=5, plan_chunk=5)  # small parts, images replayed 5 at a time
         assert report["images"] == {"done": LIMIT}
         batches = [b for b in client.batches.list()]
         stats = json.loads(urlopen(base_url.removesuffix("/v1") + "/simulator/stats").read())
