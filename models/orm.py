@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from models.vocab import Decision, ImageStatus, RunStatus, Stage, sql_in
+from models.vocab import BatchStatus, Decision, ImageStatus, RunStatus, Stage, sql_in
 
 # Deterministic constraint names, so migrations can refer to them.
 NAMING = {
@@ -227,6 +227,34 @@ class VLLMCall(Base):
     attempts: Mapped[int]
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: Batch mode: the provider's batch id and the line's custom_id (run/image/stage/index); NULL online.
+    batch_id: Mapped[str | None] = mapped_column(String(200))
+    custom_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class ApiBatch(Base):
+    """One batch of a batch-mode run's round, recorded before it is submitted (a resume never submits twice)."""
+
+    __tablename__ = "api_batches"
+    __table_args__ = (
+        UniqueConstraint("run_id", "round", "part"),
+        CheckConstraint(sql_in("status", BatchStatus), name="status_value"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    round: Mapped[int]
+    part: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    input_file_id: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(200))
+    error_file_id: Mapped[str | None] = mapped_column(String(200))
+    request_count: Mapped[int]
+    completed_count: Mapped[int] = mapped_column(server_default="0")
+    failed_count: Mapped[int] = mapped_column(server_default="0")
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
 
 
 class UAMCStep(Base):

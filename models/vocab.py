@@ -46,6 +46,21 @@ class Decision(StrEnum):
     MAX_REACHED = "max-reached"  # S_n = N
 
 
+class BatchStatus(StrEnum):
+    """api_batches.status: OpenAI's batch statuses, plus ours before and after them."""
+
+    UPLOADED = "uploaded"  # input file uploaded, batch not yet confirmed created (resume looks it up by file id)
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    IMPORTED = "imported"  # its answered lines are stored as calls
+
+
 def sql_in(column: str, values: type[StrEnum]) -> str:
     """`column IN ('a', 'b', …)` over every value of `values`, for a CHECK constraint."""
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"

@@ -360,6 +360,13 @@ def annotate(
     lease_s: Annotated[float, typer.Option(min=1, help="Seconds a dead worker's images stay leased before others take them.")] = 30.0,
     plan: Annotated[bool, typer.Option("--plan", help="Print expected calls, tokens, dollars and time; annotate nothing.")] = False,
     pilot: Annotated[int | None, typer.Option(min=1, help="With --plan: measure on K of the run's images first (paid, run <run>-pilot).")] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Run SEKE in rounds over the OpenAI Batch API (half price, hours).")] = False,
+    batch_poll_s: Annotated[float, typer.Option(min=0, help="With --batch: seconds between checks of a batch.")] = 30.0,
+    batch_price_factor: Annotated[float, typer.Option(min=0, help="With --batch: batch price relative to online.")] = 0.5,
+    batch_max_requests: Annotated[int, typer.Option(min=1, max=50_000, help="With --batch: requests per batch.")] = 50_000,
+    fallback_online: Annotated[
+        bool, typer.Option("--fallback-online", help="With --batch: ask failed or expired lines online at once.")
+    ] = False,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
 
@@ -382,8 +389,14 @@ def annotate(
                 plan_annotate(
                     run, config=config, limit=limit, concurrency=concurrency, pilot=pilot,
                     base_url=endpoint.base_url, model=endpoint.model,
-                )  # fmt: skip
+                ),  # fmt: skip
+                batch=(batch_price_factor, uamc),
             )
+        return
+    if batch and (max_calls or max_cost or workers > 1 or via_deployments):
+        raise typer.BadParameter("--batch runs one process and takes no --max-calls, --max-cost or --workers", param_hint="--batch")
+    if batch:
+        _annotate_batch(run, config, limit, batch_poll_s, batch_price_factor, batch_max_requests, fallback_online)
         return
     try:
         with _flows(settings), _endpoint(settings) as endpoint, _bars():
@@ -423,8 +436,34 @@ def annotate(
         raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
 
 
-def _print_plan(plan) -> None:
-    """The plan's ranges, one row each."""
+def _annotate_batch(
+    run: str, config, limit: int | None, poll_s: float, price_factor: float, max_requests: int, fallback_online: bool
+) -> None:
+    """`seke annotate --batch`: the rounds, each round's progress printed as it goes."""
+    from flows.batch import annotate_batch_flow
+
+    settings = get_settings()
+    with _flows(settings), _endpoint(settings) as endpoint:
+        state = annotate_batch_flow(
+            run_name=run, config=config, limit=limit, **endpoint._asdict(), price_factor=price_factor,
+            max_requests_per_batch=max_requests, poll_s=poll_s, fallback_online=fallback_online, say=console.print,
+            return_state=True,
+        )
+    result = state.result(raise_on_failure=False)
+    from tasks.runs import RunReport
+
+    if not isinstance(result, RunReport):
+        console.print(f"[red]run {run!r} failed:[/red] {result}")
+        raise typer.Exit(1)
+    _print_report(result)
+    if result.status != "completed":
+        console.print(f"[yellow]run {run!r} {result.status}: {result.stop_reason or ''}; "
+                      f"resume with `seke annotate --run {run} --batch`[/yellow]")
+        raise typer.Exit(1)
+
+
+def _print_plan(plan, batch=None) -> None:
+    """The plan's ranges, one row each; with `batch` (price factor, UAMC config), batch mode's cost and rounds too."""
 
     def span(r, fmt: str) -> str:
         return f"{fmt.format(r.low)} – {fmt.format(r.high)}"
@@ -438,6 +477,13 @@ def _print_plan(plan) -> None:
     table.add_row("tokens out", span(plan.tokens_out, "{:,.0f}"))
     table.add_row("cost", span(plan.cost_usd, "${:,.2f}"))
     table.add_row("wall time", f"{hours(plan.wall_s.low)} – {hours(plan.wall_s.high)}")
+    if batch is not None:
+        from tasks.uamc import initial_samples
+
+        factor, uamc = batch
+        rounds = uamc.max_samples - initial_samples(uamc) + 3 if uamc.enabled else 3
+        table.add_row("cost with --batch", span(plan.cost_usd.times(factor), "${:,.2f}"))
+        table.add_row("time with --batch", f"up to {rounds} rounds, each within the batch completion window (24 h)")
     console.print(table)
     for note in plan.notes:
         console.print(f"[dim]{note}[/dim]")
@@ -497,8 +543,14 @@ def runs_show(name: str) -> None:
     settings = get_settings()
     _ready(settings)
     with session_scope(settings) as session:
-        report = run_report(session, _find_run(session, name, "NAME").id)
-    _print_report(report)
+        run_id = _find_run(session, name, "NAME").id
+        _print_report(run_report(session, run_id))
+        from tasks.batch import batch_savings
+
+        savings = batch_savings(session, run_id)
+    if savings.calls:
+        console.print(f"batch mode: {savings.calls} calls for ${savings.cost_usd:.4f}, "
+                      f"${savings.online_cost_usd:.4f} online: saved ${savings.saved_usd:.4f}")
 
 
 @app.command()
@@ -759,6 +811,49 @@ def audit(
     with _flows(settings), _endpoint(settings) as endpoint:
         result = audit_flow(name=name, limit=limit, seed=seed, concurrency=concurrency, **endpoint._asdict())
     console.print(Markdown(result.table))
+
+
+batch_app = typer.Typer(help="Batch mode's rounds as files, for `vllm run-batch` on a machine with no database.",
+                        no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("export-round")
+def batch_export_round(
+    run: Annotated[str, typer.Argument(help="Run name (created if new).", callback=_valid_name)],
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write (OpenAI batch input format).")],
+    limit: Annotated[int | None, typer.Option(min=1, help="A new run: annotate at most the first N FEID images.")] = None,
+    seed: int = 0,
+    model: Annotated[str | None, typer.Option(help="Model name in the requests (default SEKE_VLLM_MODEL).")] = None,
+) -> None:
+    """Write the run's next round of requests; run it with `vllm run-batch -i in.jsonl -o out.jsonl`."""
+    from flows.batch import offline_runner
+    from tasks.annotate import AnnotateConfig
+
+    _ready(get_settings())
+    lines = offline_runner(run, AnnotateConfig(seed=seed), limit, model, 1.0).export_round()
+    out.write_bytes(b"".join(lines))
+    console.print(f"{len(lines)} requests written to {out}" if lines else f"run {run!r}: no request left, every image is answered")
+
+
+@batch_app.command("import-round")
+def batch_import_round(
+    run: Annotated[str, typer.Argument(help="Run name.", callback=_valid_name)],
+    results: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The round's output JSONL.")],
+    seed: int = 0,
+    model: Annotated[str | None, typer.Option(help="Model name the run was exported with.")] = None,
+    price_factor: Annotated[float, typer.Option(min=0, help="Price relative to the configured per-token prices.")] = 1.0,
+) -> None:
+    """Store a round's answered lines as calls (idempotent); then export the next round."""
+    from flows.batch import offline_runner
+    from tasks.annotate import AnnotateConfig
+
+    _ready(get_settings())
+    plan = offline_runner(run, AnnotateConfig(seed=seed), None, model, price_factor).import_round(
+        results.read_text(), results.name
+    )
+    console.print(f"stored {plan.stored} answers from {results} (${plan.cost_usd:.4f}); "
+                  f"{len(plan.pending) - plan.stored} requests still unanswered")
 
 
 schedule_app = typer.Typer(help="Recurring annotate runs: schedules on the Prefect server's annotate deployment.", no_args_is_help=True)

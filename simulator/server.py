@@ -7,7 +7,10 @@ quality numbers must never be reported as a model's. Answers come from the
 ground truth embedded in synthetic images, corrupted with noise calibrated to
 GPT-4o (see simulator/model.py), or from the prompt's prior knowledge.
 
-Endpoints: POST /v1/chat/completions, GET /v1/models. Faults (latency,
+Endpoints: POST /v1/chat/completions, GET /v1/models, and the Batch API
+(/v1/files upload/retrieve/content, /v1/batches create/retrieve/list/cancel):
+a batch answers each line as /chat/completions would once
+`batch_completion_s` has passed, and can expire or fail lines on request. Faults (latency,
 429 with Retry-After, 5xx, malformed output) are drawn per request from
 `SimulatorConfig`. `running_simulator()` serves it on a free loopback port in
 a background thread (tests, demo); `serve()` blocks (`seke simulator serve`).
@@ -18,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import email.parser
+import email.policy
 import hashlib
 import io
 import json
@@ -37,7 +42,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from models.labels import FaceLabels, Task
@@ -66,6 +71,11 @@ class SimulatorConfig(BaseModel):
         default=None, gt=0, description="A provider's cap: a token bucket of 2 s of burst; requests over it get 429."
     )
     api_key: SecretStr | None = Field(default=None, description="If set, requests must carry this bearer key.")
+    batch_completion_s: float = Field(default=0.0, ge=0, description="Seconds a batch stays in progress before it completes.")
+    batch_expire_first: int = Field(default=0, ge=0, description="The first N batches expire with no line answered.")
+    batch_failed_line_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of batch lines answered 500 in the error file."
+    )
 
     @field_validator("model_name")
     @classmethod
@@ -177,6 +187,9 @@ class _Simulator:
         self.over_cap = 0  # requests refused by the requests_per_minute cap
         self._cap_tokens = 2 * (config.requests_per_minute or 0) / 60
         self._cap_updated = time.monotonic()
+        self.files: dict[str, tuple[dict[str, Any], bytes]] = {}  # id -> (file object, content)
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object, in creation order
+        self._batch_due: dict[str, float] = {}  # id -> monotonic time its lines are answered
 
     def over_rate_cap(self) -> bool:
         """Whether this request exceeds the configured requests/min (a bucket refilled continuously)."""
@@ -222,12 +235,11 @@ class _Simulator:
             return _error(401, "Invalid API key for the simulator; send the key it was started with.", "invalid_api_key")
         try:
             body = await request.json()
-            text, image = _read_messages(body.get("messages"))
         except (ValueError, AttributeError) as exc:
             return _error(400, f"Invalid request: {exc}", "invalid_request")
-        if body.get("model") != c.model_name:
-            message = f"The model {body.get('model')!r} does not exist; this simulator serves {c.model_name!r}."
-            return _error(404, message, "model_not_found")
+        checked = self.checked(body)
+        if isinstance(checked, JSONResponse):
+            return checked
         if self.over_rate_cap():
             headers = {"retry-after": "1", "retry-after-ms": "500"}
             return _error(429, "Rate limit reached for requests per minute.", "rate_limit_exceeded", headers)
@@ -237,6 +249,22 @@ class _Simulator:
         latency = self.latency_s()
         if latency > 0:
             await asyncio.sleep(latency)
+        return JSONResponse(self.completion(body, *checked))
+
+    def checked(self, body: Any) -> tuple[str, bytes | None] | JSONResponse:
+        """(prompt text, image) of a valid request body, or the error response that names what is wrong."""
+        try:
+            text, image = _read_messages(body.get("messages"))
+        except (ValueError, AttributeError) as exc:
+            return _error(400, f"Invalid request: {exc}", "invalid_request")
+        if body.get("model") != self.config.model_name:
+            message = f"The model {body.get('model')!r} does not exist; this simulator serves {self.config.model_name!r}."
+            return _error(404, message, "model_not_found")
+        return text, image
+
+    def completion(self, body: dict[str, Any], text: str, image: bytes | None) -> dict[str, Any]:
+        """The chat completion answering a checked request: shared by /chat/completions and batches."""
+        c = self.config
         temperature = body.get("temperature")
         temperature = 1.0 if temperature is None else float(temperature)  # the OpenAI default
         image_key, truth, size = _image_facts(image) if image is not None else ("no-image", None, None)
@@ -254,28 +282,153 @@ class _Simulator:
         if size is not None:
             prompt_tokens += image_tokens(*size)
         completion_tokens = estimate_text_tokens(content)
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-sim-{self.requests}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": c.model_name,
-                "system_fingerprint": FINGERPRINT,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": None},
-                        "finish_reason": finish,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
-        )
+        return {
+            "id": f"chatcmpl-sim-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": c.model_name,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    # --- the Batch API: files in, files out, every line answered like /chat/completions ---
+
+    def _new_file(self, name: str, purpose: str, content: bytes) -> dict[str, Any]:
+        file = {
+            "id": f"file-sim-{len(self.files) + 1}",
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": name,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self.files[file["id"]] = (file, content)
+        return file
+
+    async def upload_file(self, request: Request) -> JSONResponse:
+        # Parsed with the standard library's MIME parser: a multipart body is a MIME message.
+        raw = await request.body()
+        header = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + raw)
+        fields: dict[str, tuple[str | None, bytes]] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+        if "file" not in fields:
+            return _error(400, "Invalid upload: the multipart body has no 'file' part.", "invalid_request")
+        purpose = fields.get("purpose", (None, b""))[1].decode()
+        if purpose != "batch":
+            return _error(400, f"Invalid purpose {purpose!r}: this simulator stores batch input files only.", "invalid_request")
+        filename, content = fields["file"]
+        return JSONResponse(self._new_file(filename or "upload.jsonl", purpose, content))
+
+    async def get_file(self, request: Request) -> JSONResponse:
+        stored = self.files.get(request.path_params["file_id"])
+        if stored is None:
+            return _error(404, f"No such file: {request.path_params['file_id']}", "not_found")
+        return JSONResponse(stored[0])
+
+    async def file_content(self, request: Request) -> Response:
+        stored = self.files.get(request.path_params["file_id"])
+        if stored is None:
+            return _error(404, f"No such file: {request.path_params['file_id']}", "not_found")
+        return Response(stored[1], media_type="application/jsonl")
+
+    async def create_batch(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        stored = self.files.get(str(body.get("input_file_id")))
+        if stored is None:
+            return _error(400, f"Invalid input_file_id {body.get('input_file_id')!r}: no such file.", "invalid_request")
+        lines = [line for line in stored[1].decode().splitlines() if line.strip()]
+        now = int(time.time())
+        batch = {
+            "id": f"batch-sim-{len(self.batches) + 1}",
+            "object": "batch",
+            "endpoint": body.get("endpoint", "/v1/chat/completions"),
+            "input_file_id": body["input_file_id"],
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "in_progress",
+            "created_at": now,
+            "in_progress_at": now,
+            "metadata": body.get("metadata"),
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "output_file_id": None,
+            "error_file_id": None,
+        }
+        self.batches[batch["id"]] = batch
+        self._batch_due[batch["id"]] = time.monotonic() + self.config.batch_completion_s
+        return JSONResponse(self._advanced(batch))
+
+    def _advanced(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch as of now: once its completion delay has passed, every line is answered (or expired)."""
+        if batch["status"] != "in_progress" or time.monotonic() < self._batch_due[batch["id"]]:
+            return batch
+        index = list(self.batches).index(batch["id"])
+        expired = index < self.config.batch_expire_first
+        lines = [json.loads(line) for line in self.files[batch["input_file_id"]][1].decode().splitlines() if line.strip()]
+        outputs, errors = [], []
+        for n, line in enumerate(lines):
+            result = {"id": f"batch_req_sim_{index}_{n}", "custom_id": line.get("custom_id")}
+            if expired:
+                errors.append({**result, "response": None, "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+                continue
+            if self.rng.random() < self.config.batch_failed_line_rate:
+                error = {"error": {"message": "Simulated server error.", "type": "server_error", "param": None, "code": "server_error"}}
+                errors.append({**result, "response": {"status_code": 500, "request_id": result["id"], "body": error}, "error": None})
+                continue
+            body = line.get("body") or {}
+            checked = self.checked(body)
+            if isinstance(checked, JSONResponse):
+                errors.append({**result, "response": {"status_code": checked.status_code, "request_id": result["id"],
+                                                      "body": json.loads(bytes(checked.body))}, "error": None})
+                continue
+            self.requests += 1
+            answer = self.completion(body, *checked)
+            outputs.append({**result, "response": {"status_code": 200, "request_id": result["id"], "body": answer}, "error": None})
+        now = int(time.time())
+        for key, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+            if rows:
+                content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+                batch[key] = self._new_file(f"{batch['id']}-{key[:-8]}.jsonl", "batch_output", content)["id"]
+        batch["request_counts"] = {"total": len(lines), "completed": len(outputs), "failed": len(errors) if not expired else 0}
+        batch["status"] = "expired" if expired else "completed"
+        batch["expired_at" if expired else "completed_at"] = now
+        return batch
+
+    async def get_batch(self, request: Request) -> JSONResponse:
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, f"No such batch: {request.path_params['batch_id']}", "not_found")
+        return JSONResponse(self._advanced(batch))
+
+    async def list_batches(self, request: Request) -> JSONResponse:
+        # Newest first, as OpenAI lists them; one page holds them all.
+        data = [self._advanced(batch) for batch in reversed(self.batches.values())]
+        return JSONResponse({
+            "object": "list", "data": data, "has_more": False,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
+        })
+
+    async def cancel_batch(self, request: Request) -> JSONResponse:
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, f"No such batch: {request.path_params['batch_id']}", "not_found")
+        if self._advanced(batch)["status"] == "in_progress":
+            batch["status"], batch["cancelled_at"] = "cancelled", int(time.time())
+        return JSONResponse(batch)
 
     async def stats(self, request: Request) -> JSONResponse:
         """Requests seen and refused by the requests/min cap: what a test compares with what was stored."""
@@ -293,6 +446,13 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
             Route("/v1/chat/completions", state.chat, methods=["POST"]),
             Route("/v1/models", state.models, methods=["GET"]),
             Route("/simulator/stats", state.stats, methods=["GET"]),
+            Route("/v1/files", state.upload_file, methods=["POST"]),
+            Route("/v1/files/{file_id}", state.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}/content", state.file_content, methods=["GET"]),
+            Route("/v1/batches", state.create_batch, methods=["POST"]),
+            Route("/v1/batches", state.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", state.get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", state.cancel_batch, methods=["POST"]),
         ]
     )
 

@@ -286,8 +286,11 @@ class RunWriter:
         if self._failure is not None:
             raise RuntimeError(f"the run's database writer failed: {self._failure}") from self._failure
 
-    async def add_call(self, state: ImageState, key: CallKey, prompt: RenderedPrompt, result: CallResult) -> None:
-        """Queue a call row; waits while `rows` call rows are uncommitted."""
+    async def add_call(
+        self, state: ImageState, key: CallKey, prompt: RenderedPrompt, result: CallResult,
+        batch_id: str | None = None, custom_id: str | None = None,
+    ) -> None:
+        """Queue a call row; waits while `rows` call rows are uncommitted (batch mode: with its batch line)."""
         self._check()
         if self._uncommitted >= self._buffer.rows:
             async with self._space:
@@ -317,6 +320,8 @@ class RunWriter:
             "attempts": result.attempts,
             "started_at": result.started_at,
             "finished_at": result.finished_at,
+            "batch_id": batch_id,
+            "custom_id": custom_id,
         }))
         self._uncommitted += 1
         self._added(len(batch.calls) * 2 >= self._buffer.rows)
@@ -550,19 +555,30 @@ class AnnotateSession:
         self._writer = writer
         self.budget = annotator.budget
 
-    async def annotate(self, image_id: int) -> ImageOutcome:
-        """Annotate one image end to end, committed; never raises for a problem of this image."""
+    @property
+    def writer(self) -> RunWriter:
+        return self._writer
+
+    @property
+    def client(self) -> AsyncVLLMClient:
+        return self._client
+
+    async def annotate(self, image_id: int, call_for: CallFor | None = None) -> ImageOutcome:
+        """Annotate one image end to end, committed; never raises for a problem of this image.
+
+        `call_for` supplies the procedure's `call` (batch mode); by default a `_Replay` on the endpoint.
+        Whatever else the call raises (batch mode's "answer not back yet") ends the image uncommitted."""
         annotator = self._annotator
         state: ImageState | int = image_id
         try:
             state = await self._load(image_id)
             image = await asyncio.to_thread(self._encoded_image, state.object_key)
-            replay = _Replay(state, image, self._client, self._writer, self.budget)
+            call = call_for(state, image) if call_for else _Replay(state, image, self._client, self._writer, self.budget).call
             result = await run_seke(
                 SekeImage(state.sha256, sub_seed(annotator.config.seed, annotator.run_name, state.sha256, "question")),
                 state.known,
                 annotator.config,
-                replay.call,
+                call,
                 image_rng(annotator.config.seed, annotator.run_name, state.sha256),
             )
         except ImageFailed as exc:
@@ -588,6 +604,10 @@ class AnnotateSession:
             return EncodedImage.of(data, self._client.config.image_max_side)
         except (StoreError, InvalidImage, ValueError) as exc:  # a missing or broken object fails this image alone
             raise ImageFailed(f"cannot read image {object_key}: {exc}") from exc
+
+
+#: Batch mode's source of an image's `call`, given its stored state and its image as sent.
+CallFor = Callable[[ImageState, EncodedImage], Callable[[CallRequest], Awaitable[Answer]]]
 
 
 class _Replay:

@@ -47,6 +47,8 @@ COMMANDS = [
     ("schedule", "list"),
     ("schedule", "pause"),
     ("schedule", "delete"),
+    ("batch", "export-round"),
+    ("batch", "import-round"),
 ]
 
 #: Enough for the tiny model to take a few steps on CPU.
