@@ -107,7 +107,8 @@ def test_two_processes_started_together_share_the_run_exactly_once(fresh: Settin
 
 
 def test_a_killed_worker_images_are_taken_over_after_the_lease(fresh: Settings) -> None:
-    with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
+    # Slow enough (~20 s for one process alone) that the first cannot finish before the second has started.
+    with running_simulator(SimulatorConfig(latency_ms=400)) as base_url:
         env = environment(fresh, base_url)
         survivor = annotate(env, "--limit", "30", "--concurrency", "3", "--lease-s", "3")
         victim = annotate(env, "--limit", "30", "--concurrency", "3", "--lease-s", "3")
