@@ -623,7 +623,7 @@ def finetune(
     base_model: Annotated[str | None, typer.Option(help="Local checkpoint dir or store:<prefix>; empty builds the tiny model.")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields (defaults: paper §4.2).")] = None,
     processes: Annotated[int, typer.Option(min=1, help="Training processes (GPUs) over all machines; >1 launches `accelerate launch`.")] = 1,
-    strategy: Annotated[str, typer.Option(help="ddp, fsdp or deepspeed-zero3 (sharding needs GPUs).")] = "ddp",
+    strategy: Annotated[str, typer.Option(help="ddp, fsdp or deepspeed-zero3 (deepspeed needs GPUs; ddp and fsdp also run as CPU processes).")] = "ddp",
     accelerate_config: Annotated[Path | None, typer.Option(help="accelerate config file (multi-node, offload, ...); replaces --strategy.")] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast; default on with CUDA.")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations; default on with CUDA.")] = None,

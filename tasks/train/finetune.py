@@ -278,6 +278,11 @@ def _load_model(config: TrainConfig, base_model_dir: Path) -> torch.nn.Module:
     # vanish in bf16 rounding (bf16 keeps ~3 significant digits). A resumed run
     # builds the same model and accelerator.load_state puts the saved weights in.
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(base_model_dir), dtype=torch.float32)
+    # LLaVA takes SigLIP's hidden states from before its post-layernorm, so that
+    # layer never gets a gradient. Frozen, it needs no optimizer state (a sharded
+    # optimizer checkpoint would lack it on load) and DDP need not look for
+    # unused parameters.
+    model.model.vision_tower.post_layernorm.requires_grad_(False)
     if not config.use_lora:
         if config.vision_tower_lr == 0:
             model.model.vision_tower.requires_grad_(False)
@@ -295,6 +300,26 @@ def _load_model(config: TrainConfig, base_model_dir: Path) -> torch.nn.Module:
         modules_to_save=["multi_modal_projector"] if config.lora_train_projector else None,
     )
     return get_peft_model(model, lora)
+
+
+def _shard_on_cpu(accelerator) -> None:
+    """Give CPU processes launched with the fsdp flags the FSDP2 state accelerate gives GPU processes.
+
+    accelerate switches FSDP on only for accelerator devices, although FSDP2
+    shards over gloo on CPU too; without this, the fsdp strategy could not be
+    tested on a machine without GPUs. The plugin is built from the same FSDP_*
+    variables `accelerate launch` sets, and both state singletons are updated
+    because AcceleratorState copies PartialState's distributed_type whenever it
+    is constructed.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -414,7 +439,7 @@ def finetune(
     called on the main process only.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+    from accelerate.utils import DistributedType
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -422,14 +447,13 @@ def finetune(
     on_gpu = torch.cuda.is_available()
     bf16 = config.bf16 if config.bf16 is not None else on_gpu
     checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else on_gpu
-    # SigLIP's post-layernorm is off the loss path (LLaVA takes the last hidden
-    # state before it), so DDP must not wait for its gradient.
-    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     # Under `accelerate launch` its --mixed_precision (set from TrainConfig.bf16 by tasks.train.launch)
     # also shapes FSDP's policies; alone, the autocast in accumulate_gradients does bf16, and accelerate's
     # process-wide state stays "no", so one process may run fine-tunes with different settings.
     launched = "ACCELERATE_MIXED_PRECISION" in os.environ
-    accelerator = Accelerator(mixed_precision=None if launched else "no", kwargs_handlers=[unused])
+    accelerator = Accelerator(mixed_precision=None if launched else "no")
+    if accelerator.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        _shard_on_cpu(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if config.use_lora and sharded:

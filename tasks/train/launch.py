@@ -7,11 +7,13 @@ main process prints one JSON line per optimizer step and one with the result,
 each prefixed with a marker, for the caller (the fine-tune flow) to stream
 into its logs and artifacts.
 
-Strategies: `ddp` replicates the model (on CPU with gloo, which is how the
-tests run two processes here); `fsdp` shards weights, gradients and optimizer
-states per decoder layer with PyTorch FSDP2 (accelerate drives FSDP on GPUs
-only); `deepspeed-zero3` does the same through DeepSpeed (needs the deepspeed
-package; not exercised in this repository's tests). Anything else — multi-node
+Strategies: `ddp` replicates the model; `fsdp` shards weights, gradients
+and optimizer states per decoder layer with PyTorch FSDP2. Both also run as
+several CPU processes over gloo, which is how the tests check them here
+(accelerate enables FSDP on accelerators only; tasks.train.finetune switches
+it on for CPU processes launched with the fsdp flags). `deepspeed-zero3` does
+the same sharding through DeepSpeed on GPUs (needs the deepspeed package; not
+exercised in this repository's tests). Anything else — multi-node
 rendezvous, offloading, other ZeRO stages — goes in an accelerate config file
 (`accelerate config`), passed as config_file.
 """
@@ -50,7 +52,7 @@ def launch_command(
 
     processes counts all machines; with a config file, its counts apply. Several CPU processes use accelerate's
     multi-process launcher with ACCELERATE_USE_CPU (its `--cpu` flag starts a
-    single process), which gives DDP over gloo.
+    single process), which gives DDP (or FSDP) over gloo.
     """
     import torch
 
@@ -66,15 +68,12 @@ def launch_command(
     else:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES} or an accelerate config file, got {strategy!r}")
+        if strategy == "deepspeed-zero3" and not cuda:
+            raise ValueError("strategy 'deepspeed-zero3' needs GPUs; use 'ddp' or 'fsdp' to train with several CPU processes")
+        if not cuda:
+            env["ACCELERATE_USE_CPU"] = "true"
         if strategy == "ddp":
-            if not cuda:
-                env["ACCELERATE_USE_CPU"] = "true"
             command += ["--multi_gpu"] if processes > 1 or machines > 1 else []
-        elif not cuda:
-            raise ValueError(
-                f"strategy {strategy!r} needs GPUs: accelerate shards models with FSDP / DeepSpeed on GPUs only; "
-                "use 'ddp' to train with several CPU processes"
-            )
         elif strategy == "fsdp":
             command += [
                 "--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "true",

@@ -1,7 +1,9 @@
-"""The fine-tune flow with two processes (an accelerate launch subprocess, DDP over gloo) and the benchmark of its model.
+"""The fine-tune flow with two processes (an accelerate launch subprocess, FSDP2 over gloo) and the benchmark of its model.
 
 Lineage stays export → training run → checkpoints → benchmark; the checkpoints
-the subprocess writes are uploaded and recorded as they appear.
+the subprocess writes are uploaded and recorded as they appear. FSDP is the
+demanding case: the checkpoints hold one shard per process, and the model the
+benchmark scores is gathered from the shards.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def test_two_process_fine_tune_is_recorded_and_benchmarked(fresh: Settings) -> N
     with running_simulator(SimulatorConfig()) as base_url:
         annotate_flow(run_name="dist", limit=8, config=AnnotateConfig(rewrite_with_llm=False), base_url=base_url, model="seke-simulator")
     export_id = export_for("dist")
-    trained = finetune_flow(name="dist-finetune", export_id=export_id, train_config=TRAIN, processes=2, strategy="ddp")
+    trained = finetune_flow(name="dist-finetune", export_id=export_id, train_config=TRAIN, processes=2, strategy="fsdp")
     assert trained.world_size == 2 and trained.steps == 4
     scored = benchmark_flow(name="dist-feab", model=trained.final_model, training_run_id=trained.training_run_id, max_new_tokens=40)
     with session_scope(fresh) as session:
@@ -56,6 +58,8 @@ def test_two_process_fine_tune_is_recorded_and_benchmarked(fresh: Settings) -> N
         assert benchmark.training_run_id == run.id and benchmark.status == "completed"
         feab = session.scalar(select(Image.id).where(Image.split == "FEAB").limit(1))
         assert feab is not None and scored.scores.n > 0
-    # Sharded state (one RNG file per process) went to the store with the checkpoint.
+    # Sharded state (a weight shard, an optimizer shard and an RNG file per process) went to the store with the checkpoint.
     stored = fresh.resolved_state_dir.parent / "store" / "models" / "dist-finetune" / "checkpoint-4" / "accelerate"
     assert sorted(p.name for p in stored.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (stored / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

@@ -1,9 +1,11 @@
-"""Two CPU processes (gloo) under `accelerate launch` against one process: same losses, exact resume after a kill.
+"""Two CPU processes (gloo) under `accelerate launch`, with DDP and with FSDP2, against one process:
+same losses, exact resume after a kill.
 
 Tolerance: the two runs sum the same per-token losses and gradients in a
-different order (per process, then all-reduced), so losses agree to float32
-rounding, well within rel 1e-4 over these few steps. A resumed run replays
-the same arithmetic in the same order, so it agrees to rel 1e-6.
+different order (per process, then all-reduced or reduce-scattered), so
+losses agree to float32 rounding, well within rel 1e-4 over these few steps.
+A resumed run replays the same arithmetic in the same order, so it agrees to
+rel 1e-6.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
 from tasks.train.finetune import TrainConfig, finetune  # noqa: E402
+from transformers import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from tasks.train.launch import entry_arguments, launch_command, read_events  # noqa: E402
 from tasks.train.tiny import build_tiny_llava  # noqa: E402
 from tests.tasks.test_train import EXAMPLES, _write_export  # noqa: E402
@@ -37,9 +40,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _launch(config: TrainConfig, export_dir: Path, base_dir: Path, output_dir: Path, *, kill_at_step: int | None = None):
-    """Two processes with DDP on CPU; returns (result or None if killed, step lines seen)."""
-    command, launch_env = launch_command(processes=2, strategy="ddp", cuda=False, main_process_port=_free_port())
+def _launch(
+    config: TrainConfig, export_dir: Path, base_dir: Path, output_dir: Path, *, strategy: str = "ddp", kill_at_step: int | None = None
+):
+    """Two processes on CPU; returns (result or None if killed, step lines seen)."""
+    command, launch_env = launch_command(processes=2, strategy=strategy, cuda=False, main_process_port=_free_port())
     command += entry_arguments(config.to_dict(), export_dir, base_dir, output_dir)
     env = {**os.environ, **launch_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
     steps: list[dict] = []
@@ -70,9 +75,17 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     return export_dir, build_tiny_llava(tmp_path_factory.mktemp("base"), corpus, seed=0)
 
 
+@pytest.fixture(scope="module")
+def one_process(inputs, tmp_path_factory):
+    export_dir, base_dir = inputs
+    return finetune(TrainConfig(batch_size=2, **CONFIG), export_dir, base_dir, tmp_path_factory.mktemp("one"))
+
+
 def test_launch_command_names_the_strategy():
     ddp_cpu, env = launch_command(processes=2, strategy="ddp", cuda=False)
     assert env == {"ACCELERATE_USE_CPU": "true"} and "--multi_gpu" in ddp_cpu and ddp_cpu[ddp_cpu.index("--num_processes") + 1] == "2"
+    fsdp_cpu, env = launch_command(processes=2, strategy="fsdp", cuda=False)
+    assert env == {"ACCELERATE_USE_CPU": "true"} and "--use_fsdp" in fsdp_cpu and "--multi_gpu" not in fsdp_cpu
     fsdp, env = launch_command(processes=8, strategy="fsdp", bf16=True, cuda=True)
     assert env == {}
     assert "--use_fsdp" in fsdp and fsdp[fsdp.index("--fsdp_version") + 1] == "2"
@@ -80,23 +93,30 @@ def test_launch_command_names_the_strategy():
     zero3, _ = launch_command(processes=16, strategy="deepspeed-zero3", cuda=True, machines=2, machine_rank=1, main_process_ip="10.0.0.1")
     assert zero3[zero3.index("--zero_stage") + 1] == "3" and zero3[zero3.index("--machine_rank") + 1] == "1"
     with pytest.raises(ValueError, match="needs GPUs"):
-        launch_command(processes=2, strategy="fsdp", cuda=False)
+        launch_command(processes=2, strategy="deepspeed-zero3", cuda=False)
     with pytest.raises(ValueError, match="main_process_ip"):
         launch_command(processes=4, strategy="ddp", cuda=True, machines=2)
 
 
-def test_two_processes_match_one_and_resume_after_a_kill(inputs, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_after_a_kill(strategy, inputs, one_process, tmp_path):
     export_dir, base_dir = inputs
-    one = finetune(TrainConfig(batch_size=2, **CONFIG), export_dir, base_dir, tmp_path / "one")
+    one = one_process
     two_config = TrainConfig(batch_size=1, **CONFIG)  # per process: same global batch
-    two, steps = _launch(two_config, export_dir, base_dir, tmp_path / "two")
+    two, steps = _launch(two_config, export_dir, base_dir, tmp_path / "two", strategy=strategy)
     assert two["world_size"] == 2 and [s["step"] for s in steps] == list(range(1, 9))
     assert two["losses"] == pytest.approx(one.losses, rel=1e-4)
     assert two["tokens_seen"] == one.tokens_seen and two["answer_tokens"] == one.answer_tokens
     assert all(s["tokens_per_s"] is None or s["tokens_per_s"] > 0 for s in steps)
+    saved = tmp_path / "two" / "checkpoint-3" / "accelerate"
+    if strategy == "fsdp":  # each process wrote its own shard of the weights and of the optimizer state
+        assert sorted(p.name for p in (saved / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert sorted(p.name for p in (saved / "optimizer_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    else:
+        assert (saved / "model.safetensors").is_file() and (saved / "optimizer.bin").is_file()
 
     run = tmp_path / "killed"
-    killed, seen = _launch(two_config, export_dir, base_dir, run, kill_at_step=4)
+    killed, seen = _launch(two_config, export_dir, base_dir, run, strategy=strategy, kill_at_step=4)
     assert killed is None and seen[-1]["step"] >= 4 and not (run / "final").exists()
     state = json.loads((run / "checkpoint-3" / "training_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 3
@@ -105,7 +125,13 @@ def test_two_processes_match_one_and_resume_after_a_kill(inputs, tmp_path):
     ]  # fmt: skip
     with pytest.raises(ValueError, match="written by 2 processes"):
         finetune(two_config, export_dir, base_dir, run)  # one process may not resume a two-process run
-    resumed, _ = _launch(two_config, export_dir, base_dir, run)
+    resumed, _ = _launch(two_config, export_dir, base_dir, run, strategy=strategy)
     assert resumed["resumed_from_step"] in (3, 6) and resumed["steps"] == 8
     assert resumed["losses"] == pytest.approx(two["losses"], rel=1e-6)
     assert resumed["last_loss"] == pytest.approx(two["last_loss"], rel=1e-6)
+
+    # The final model is gathered from the shards: one plain checkpoint that scores like the run's last weights.
+    final = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tmp_path / "two" / "final"))
+    reference = LlavaOnevisionForConditionalGeneration.from_pretrained(str(run / "final"))
+    for (name, weight), (_, other) in zip(final.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.allclose(weight, other, rtol=1e-5, atol=1e-6), name
