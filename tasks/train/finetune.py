@@ -458,11 +458,18 @@ def finetune(
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if config.use_lora and sharded:
         raise ValueError("TrainConfig.use_lora works alone or with DDP, not with FSDP / DeepSpeed: LoRA fits one GPU.")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and config.grad_accumulation != 1:
-        raise ValueError(
-            "with DeepSpeed set TrainConfig.grad_accumulation to 1 and raise batch_size or the process count: "
-            "DeepSpeed's engine steps the optimizer itself."
-        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if config.grad_accumulation != 1:
+            raise ValueError(
+                "with DeepSpeed set TrainConfig.grad_accumulation to 1 and raise batch_size or the process count: "
+                "DeepSpeed's engine steps the optimizer itself."
+            )
+        # No dataloader goes through prepare() (the loop schedules its own batches), and DeepSpeed's engine
+        # clips inside backward(): both settings go into its config instead.
+        deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        deepspeed_config["train_batch_size"] = config.batch_size * accelerator.num_processes
+        deepspeed_config["gradient_clipping"] = config.max_grad_norm
 
     processor = load_processor(base_model_dir)
     # Checkpoints carry the template we train with (a real base checkpoint ships

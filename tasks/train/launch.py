@@ -8,12 +8,12 @@ each prefixed with a marker, for the caller (the fine-tune flow) to stream
 into its logs and artifacts.
 
 Strategies: `ddp` replicates the model; `fsdp` shards weights, gradients
-and optimizer states per decoder layer with PyTorch FSDP2. Both also run as
-several CPU processes over gloo, which is how the tests check them here
-(accelerate enables FSDP on accelerators only; tasks.train.finetune switches
-it on for CPU processes launched with the fsdp flags). `deepspeed-zero3` does
-the same sharding through DeepSpeed on GPUs (needs the deepspeed package; not
-exercised in this repository's tests). Anything else — multi-node
+and optimizer states per decoder layer with PyTorch FSDP2; `deepspeed-zero3`
+shards the same through DeepSpeed stage 3. `ddp` and `fsdp` also run as
+several CPU processes over gloo (accelerate enables FSDP on accelerators only;
+tasks.train.finetune switches it on for CPU processes launched with the fsdp
+flags); `deepspeed-zero3` is for GPUs (its tests run CPU processes through
+a stand-in for accelerate's GPU process setup). Anything else — multi-node
 rendezvous, offloading, other ZeRO stages — goes in an accelerate config file
 (`accelerate config`), passed as config_file.
 """
@@ -81,7 +81,7 @@ def launch_command(
                 "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_cpu_ram_efficient_loading", "true",
             ]  # fmt: skip
         else:
-            command += ["--use_deepspeed", "--zero_stage", "3", "--gradient_accumulation_steps", "1", "--zero3_save_16bit_model", "false"]
+            command += ["--use_deepspeed", "--zero_stage", "3", "--gradient_accumulation_steps", "1", "--zero3_save_16bit_model", "true"]
         command += ["--mixed_precision", "bf16" if bf16 else "no", "--dynamo_backend", "no"]
     if config_file is None:  # a config file carries its own process and machine counts
         command += ["--num_processes", str(processes), "--num_machines", str(machines)]
@@ -140,8 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     result = finetune(config, args.export_dir, args.base_model_dir, args.output_dir, progress=report)
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         print(RESULT_MARKER + json.dumps(asdict(result), default=str), flush=True)
+    # Left to interpreter exit, gloo's threads sometimes abort the process ("terminate called
+    # without an active exception") after a sharded run, failing a run that finished.
+    state.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo) under `accelerate launch`, with DDP and with FSDP2, against one process:
-same losses, exact resume after a kill.
+"""Two CPU processes (gloo) under `accelerate launch`, with DDP, FSDP2 and DeepSpeed ZeRO-3, against one
+process: same losses, exact resume after a kill.
 
 Tolerance: the two runs sum the same per-token losses and gradients in a
 different order (per process, then all-reduced or reduce-scattered), so
@@ -30,6 +30,7 @@ from tasks.train.tiny import build_tiny_llava  # noqa: E402
 from tests.tasks.test_train import EXAMPLES, _write_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+DEEPSPEED_ON_CPU = Path(__file__).with_name("deepspeed_on_cpu.py")
 # Global batch 4 = 2 examples per micro-batch × 2 accumulated; two processes take one example each.
 CONFIG = dict(learning_rate=3e-3, warmup_ratio=0.0, grad_accumulation=2, max_steps=8, save_steps=3, seed=1)
 
@@ -44,8 +45,14 @@ def _launch(
     config: TrainConfig, export_dir: Path, base_dir: Path, output_dir: Path, *, strategy: str = "ddp", kill_at_step: int | None = None
 ):
     """Two processes on CPU; returns (result or None if killed, step lines seen)."""
-    command, launch_env = launch_command(processes=2, strategy=strategy, cuda=False, main_process_port=_free_port())
-    command += entry_arguments(config.to_dict(), export_dir, base_dir, output_dir)
+    script = entry_arguments(config.to_dict(), export_dir, base_dir, output_dir)
+    if strategy == "deepspeed-zero3":  # the GPU command, run by CPU processes (see deepspeed_on_cpu.py)
+        command, launch_env = launch_command(processes=2, strategy=strategy, cuda=True, main_process_port=_free_port())
+        command += [str(DEEPSPEED_ON_CPU), *script[2:]]
+        launch_env = {**launch_env, "DS_ACCELERATOR": "cpu"}
+    else:
+        command, launch_env = launch_command(processes=2, strategy=strategy, cuda=False, main_process_port=_free_port())
+        command += script
     env = {**os.environ, **launch_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
     steps: list[dict] = []
     with subprocess.Popen(
@@ -63,7 +70,7 @@ def _launch(
         result = read_events(process.stdout, on_step, output.append)
         code = process.wait()
     if kill_at_step is None:
-        assert code == 0 and result is not None, "\n".join(output[-30:])
+        assert code == 0 and result is not None, "\n".join(output[-200:])
     return result, steps
 
 
@@ -77,8 +84,17 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def one_process(inputs, tmp_path_factory):
+    """One process's run per gradient accumulation (DeepSpeed takes 1, the others 2)."""
     export_dir, base_dir = inputs
-    return finetune(TrainConfig(batch_size=2, **CONFIG), export_dir, base_dir, tmp_path_factory.mktemp("one"))
+    runs = {}
+
+    def run(grad_accumulation: int):
+        if grad_accumulation not in runs:
+            config = TrainConfig(batch_size=2, **{**CONFIG, "grad_accumulation": grad_accumulation})
+            runs[grad_accumulation] = finetune(config, export_dir, base_dir, tmp_path_factory.mktemp("one"))
+        return runs[grad_accumulation]
+
+    return run
 
 
 def test_launch_command_names_the_strategy():
@@ -98,11 +114,14 @@ def test_launch_command_names_the_strategy():
         launch_command(processes=4, strategy="ddp", cuda=True, machines=2)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed-zero3"])
 def test_two_processes_match_one_and_resume_after_a_kill(strategy, inputs, one_process, tmp_path):
+    if strategy == "deepspeed-zero3":
+        pytest.importorskip("deepspeed")
     export_dir, base_dir = inputs
-    one = one_process
-    two_config = TrainConfig(batch_size=1, **CONFIG)  # per process: same global batch
+    grad_accumulation = 1 if strategy == "deepspeed-zero3" else CONFIG["grad_accumulation"]
+    one = one_process(grad_accumulation)
+    two_config = TrainConfig(batch_size=1, **{**CONFIG, "grad_accumulation": grad_accumulation})  # same global batch
     two, steps = _launch(two_config, export_dir, base_dir, tmp_path / "two", strategy=strategy)
     assert two["world_size"] == 2 and [s["step"] for s in steps] == list(range(1, 9))
     assert two["losses"] == pytest.approx(one.losses, rel=1e-4)
@@ -112,6 +131,10 @@ def test_two_processes_match_one_and_resume_after_a_kill(strategy, inputs, one_p
     if strategy == "fsdp":  # each process wrote its own shard of the weights and of the optimizer state
         assert sorted(p.name for p in (saved / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
         assert sorted(p.name for p in (saved / "optimizer_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    elif strategy == "deepspeed-zero3":
+        assert sorted(p.name for p in (saved / "pytorch_model").glob("*.pt")) == [
+            f"zero_pp_rank_{rank}_mp_rank_00_{part}_states.pt" for rank in (0, 1) for part in ("model", "optim")
+        ]
     else:
         assert (saved / "model.safetensors").is_file() and (saved / "optimizer.bin").is_file()
 
