@@ -52,6 +52,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.names import check_name, slug
+from models.vocab import ImageStatus, RunStatus
 from core.config import get_settings
 from core.db import database_url, get_engine, release_idle_connections, session_factory
 from core.store import open_store
@@ -83,8 +84,8 @@ class ProgressReporter:
 
     async def image_finished(self, outcome: ImageOutcome, budget: Budget) -> None:
         with self._lock:
-            self.done += outcome.status == "done"
-            self.failed += outcome.status == "failed"
+            self.done += outcome.status == ImageStatus.DONE
+            self.failed += outcome.status == ImageStatus.FAILED
             report("annotate", self.done + self.failed, self.total, budget.cost_usd)
             now = time.monotonic()
             if now - self._last < self.interval_s:
@@ -120,7 +121,7 @@ async def _annotate_one(
             outcome = await session.annotate(image_id)
     else:
         outcome = await session.annotate(image_id)
-    if outcome.status == "failed":
+    if outcome.status == ImageStatus.FAILED:
         get_run_logger().warning("image %s failed: %s", image_id, outcome.reason)
     await progress.image_finished(outcome, session.budget)
     return outcome
@@ -296,7 +297,7 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
         expire_dead_local(session, params.run_id)
         counts = image_counts(session, params.run_id)
         budget = Budget(*run_spent(session, params.run_id), params.max_calls, params.max_cost_usd)
-    total, done = sum(counts.values()), counts.get("done", 0)
+    total, done = sum(counts.values()), counts.get(ImageStatus.DONE, 0)
     get_run_logger().info("run %s (id %s): worker %s joins, %s of %s images left", params.run_name, params.run_id, worker, total - done, total)
     progress = ProgressReporter(create_progress_artifact(100.0 * done / max(total, 1), description=f"run {params.run_name}: starting"), total, done)
     # The endpoint's caps, shared with every other worker through PostgreSQL; no cap, nothing to share.
@@ -433,7 +434,7 @@ def annotate_flow(
         report = run_report(session, run_id)
     _publish_report(report, run_name)
     logger.info("run %s %s: %s", run_name, status, dict(report.images))
-    return _final_state(report, report.stop_reason if status == "stopped" else None)
+    return _final_state(report, report.stop_reason if status == RunStatus.STOPPED else None)
 
 
 def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployments: bool) -> str | None:
@@ -448,7 +449,7 @@ def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployment
     with sessions() as session:
         counts = image_counts(session, params.run_id)
     total = max(sum(counts.values()), 1)
-    artifact = create_progress_artifact(100.0 * counts.get("done", 0) / total, description=f"run {params.run_name}: {workers} workers")
+    artifact = create_progress_artifact(100.0 * counts.get(ImageStatus.DONE, 0) / total, description=f"run {params.run_name}: {workers} workers")
     signals = StopSignals()
     stop_reason = None
     with signals.installed():
@@ -465,7 +466,7 @@ def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployment
                 requested = stop_requested(session, params.run_id)
             update_progress_artifact(
                 artifact,
-                progress=100.0 * counts.get("done", 0) / total,
+                progress=100.0 * counts.get(ImageStatus.DONE, 0) / total,
                 description=(
                     f"{counts.get('done', 0)}/{total} images done, {counts.get('failed', 0)} failed; {calls} calls, ${cost:.4f}; "
                     f"{workers - finished} of {workers} workers running" + (f"; stopping: {requested}" if requested else "")
@@ -473,7 +474,7 @@ def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployment
             )
             if finished == workers:
                 failed = handles.failed()
-                if failed and not (stop_reason or requested) and counts.get("done", 0) < total:
+                if failed and not (stop_reason or requested) and counts.get(ImageStatus.DONE, 0) < total:
                     return f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); re-run to resume"
                 return stop_reason or requested
             signals.event.wait(2.0)

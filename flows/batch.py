@@ -22,6 +22,7 @@ from core.store import open_store
 from core.version import code_version
 from models.names import Name, slug
 from models.orm import ApiBatch
+from models.vocab import ImageStatus
 from tasks.annotate import Annotator, Budget
 from tasks.batch import BatchConfig, BatchRunner
 from tasks.budget import run_spent
@@ -89,7 +90,7 @@ def annotate_batch_flow(
             with sessions() as session:
                 counts = image_counts(session, run_id)
             total = max(sum(counts.values()), 1)
-            update_progress_artifact(artifact, progress=100.0 * counts.get("done", 0) / total, description=line)
+            update_progress_artifact(artifact, progress=100.0 * counts.get(ImageStatus.DONE, 0) / total, description=line)
 
         stop_reason = BatchRunner(annotator, sessions, client, batch, progress).run()
     finally:

@@ -30,6 +30,7 @@ from flows.deployments import trigger
 from flows.finetune import FinetuneResult, finetune_flow
 from models.names import Name, check_name
 from models.orm import Export, Instruction, Run
+from models.vocab import RunStatus
 from core.config import get_settings
 from core.db import session_factory
 from core.store import open_store
@@ -123,7 +124,7 @@ def pipeline_flow(
         run_name=run_name, config=annotate_config, limit=limit, base_url=base_url, model=model, simulated=simulated,
         concurrency=concurrency,
     )  # fmt: skip
-    if annotated.status != "completed":
+    if annotated.status != RunStatus.COMPLETED:
         reason = annotated.stop_reason or annotated.status
         logger.warning("run %s did not complete (%s): not exporting or training; re-run to resume", run_name, reason)
         return PipelineResult(annotate=annotated, stopped=reason)

@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.config import Settings, get_settings
+from models.vocab import RunStatus
 from tasks.importers import IMPORTERS
 
 if TYPE_CHECKING:
@@ -425,7 +426,7 @@ def annotate(
         console.print(f"[red]run {run!r} failed:[/red] {result}")
         raise typer.Exit(1)
     _print_report(result)
-    if result.status == "stopped":
+    if result.status == RunStatus.STOPPED:
         images = result.images
         console.print(
             f"[yellow]run {run!r} stopped ({result.stop_reason}): {images.get('done', 0)} of "
@@ -456,7 +457,7 @@ def _annotate_batch(
         console.print(f"[red]run {run!r} failed:[/red] {result}")
         raise typer.Exit(1)
     _print_report(result)
-    if result.status != "completed":
+    if result.status != RunStatus.COMPLETED:
         console.print(f"[yellow]run {run!r} {result.status}: {result.stop_reason or ''}; "
                       f"resume with `seke annotate --run {run} --batch`[/yellow]")
         raise typer.Exit(1)

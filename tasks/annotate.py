@@ -585,9 +585,9 @@ class AnnotateSession:
             reason = redact_text(str(exc))  # stored, logged and shown: no credentials from a URL
             await self._writer.fail(state, reason, exc.steps)
             new_calls = state.new_calls if isinstance(state, ImageState) else 0
-            return ImageOutcome(image_id, "failed", reason=reason, new_calls=new_calls)
+            return ImageOutcome(image_id, ImageStatus.FAILED, reason=reason, new_calls=new_calls)
         await self._writer.finish(state, result)
-        return ImageOutcome(image_id, "done", samples_used=len(result.sampling.samples), new_calls=state.new_calls)
+        return ImageOutcome(image_id, ImageStatus.DONE, samples_used=len(result.sampling.samples), new_calls=state.new_calls)
 
     async def _load(self, image_id: int) -> ImageState:
         cursor = await self._reads.execute(_STATE_SQL, {"image_id": image_id, "run_id": self._annotator.run_id})

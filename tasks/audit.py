@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from models.labels import ACTION_UNITS, FaceLabels, Task, fields_of
 from models.orm import Annotation, HumanLabel, Image, RunImage
+from models.vocab import ImageStatus
 from tasks.benchmark.metrics import score
 from tasks.benchmark.paper import TABLE4
 
@@ -110,9 +111,9 @@ def agreement(session: Session, run_id: int, task: Task) -> dict[str, Any]:
     Images the run did not finish (failed, or stopped by a budget) are counted in "failed", not scored.
     """
     fields = fields_of(task)
-    done = select(RunImage.image_id).where(RunImage.run_id == run_id, RunImage.status == "done")
+    done = select(RunImage.image_id).where(RunImage.run_id == run_id, RunImage.status == ImageStatus.DONE)
     failed = session.scalar(
-        select(func.count()).select_from(RunImage).where(RunImage.run_id == run_id, RunImage.status != "done")
+        select(func.count()).select_from(RunImage).where(RunImage.run_id == run_id, RunImage.status != ImageStatus.DONE)
     )
     generated = session.execute(
         select(Annotation.image_id, Annotation.field, Annotation.value_text, Annotation.value_number, Annotation.value_bool)

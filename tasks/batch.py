@@ -184,7 +184,7 @@ async def plan_round(
                 try:
                     outcome = await session.annotate(image_id, call_for)
                 except Pending:
-                    plan.images["pending"] += 1
+                    plan.images[ImageStatus.PENDING] += 1
                     plan.pending.update((p.custom_id, p) for p in found)
                     return
                 plan.images[outcome.status] += 1

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from models.labels import ACTION_UNITS
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
-from models.vocab import Stage
+from models.vocab import ImageStatus, Stage
 from core.store import ObjectStore, upload_dir
 from core.version import code_version
 from tasks.runs import simulated
@@ -143,7 +143,7 @@ def _write_export(session: Session, store: ObjectStore, run: Run, staging: Path,
         select(Instruction, Image)
         .join(Image, Instruction.image_id == Image.id)
         .join(RunImage, (RunImage.run_id == Instruction.run_id) & (RunImage.image_id == Instruction.image_id))
-        .where(Instruction.run_id == run_id, RunImage.status == "done")
+        .where(Instruction.run_id == run_id, RunImage.status == ImageStatus.DONE)
         .order_by(Image.id)
     ).all()
     records: list[dict[str, Any]] = []

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from models.answers import sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Split, Task, fields_of
 from models.orm import HumanLabel, Image, Run, RunImage, VLLMCall
+from models.vocab import ImageStatus
 from tasks.annotate import AnnotateConfig
 from tasks.prompts import prior_prompt, rewrite_prompt
 from tasks.uamc import initial_samples
@@ -110,7 +111,7 @@ def run_images(session: Session, run_name: str, limit: int | None) -> list[int]:
         return list(
             session.scalars(
                 select(RunImage.image_id)
-                .where(RunImage.run_id == run.id, RunImage.status != "done")
+                .where(RunImage.run_id == run.id, RunImage.status != ImageStatus.DONE)
                 .order_by(RunImage.image_id)
             )
         )

@@ -87,10 +87,10 @@ def open_run(
     # Images that failed in an earlier pass are retried (their stored calls are replayed).
     session.execute(
         update(RunImage)
-        .where(RunImage.run_id == stored.id, RunImage.status == "failed")
-        .values(status="pending", lease_owner=None, lease_expires_at=None)
+        .where(RunImage.run_id == stored.id, RunImage.status == ImageStatus.FAILED)
+        .values(status=ImageStatus.PENDING, lease_owner=None, lease_expires_at=None)
     )
-    stored.status = "running"
+    stored.status = RunStatus.RUNNING
     stored.stop_reason = None
     stored.stop_requested = None
     stored.started_at = stored.started_at or dt.datetime.now(dt.UTC)
@@ -102,7 +102,7 @@ def unfinished_images(session: Session, run_id: int) -> list[int]:
     return list(
         session.scalars(
             select(RunImage.image_id)
-            .where(RunImage.run_id == run_id, RunImage.status != "done")
+            .where(RunImage.run_id == run_id, RunImage.status != ImageStatus.DONE)
             .order_by(RunImage.image_id)
         )
     )
@@ -200,7 +200,7 @@ def run_report(session: Session, run_id: int) -> RunReport:
         sorted(
             session.execute(
                 select(RunImage.samples_used, func.count())
-                .where(RunImage.run_id == run_id, RunImage.status == "done")
+                .where(RunImage.run_id == run_id, RunImage.status == ImageStatus.DONE)
                 .group_by(RunImage.samples_used)
             ).all()
         )
@@ -220,7 +220,7 @@ def run_report(session: Session, run_id: int) -> RunReport:
             counts[task] += 1
     report.mean_uncertainty = {task: sums[task] / counts[task] for task in sorted(counts)}
     reasons = session.scalars(
-        select(RunImage.failure_reason).where(RunImage.run_id == run_id, RunImage.status == "failed")
+        select(RunImage.failure_reason).where(RunImage.run_id == run_id, RunImage.status == ImageStatus.FAILED)
     )
     # Group by the reason's head: the part before the first ':' names the failing stage / cause.
     report.failures = dict(Counter(reason.split(":")[0] for reason in reasons if reason).most_common())
