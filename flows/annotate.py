@@ -5,10 +5,12 @@ by workers; each worker keeps claiming until nothing is claimable and runs
 its images in shard sub-flows of at most `shard_size` images (one flow holding
 every task's state grows by ~3-9 KB per task and the ephemeral API drops task
 runs past ~10k in one flow; shards keep memory flat and the UI's counts true).
-A shard is an async flow on an event loop of its own: `concurrency` coroutines
-claim images and run each as an async task run (`annotate-image`), so every
-image is its own task run in the UI while all calls share one event loop, one
-HTTP client and one batched database writer (tasks/annotate.py).
+A shard is an async flow: `concurrency` coroutines claim images and run each
+as an async task run (`annotate-image`), so every image is its own task run in
+the UI while all calls share one event loop, one HTTP client and one batched
+database writer (tasks/annotate.py). A worker's shards run on one event loop,
+the next starting as soon as the one before has claimed its last image, with
+`concurrency` slots shared between them: no drain between shards.
 
 `workers=1`: the annotate flow is the worker. `workers=K`: K worker flow runs
 (`annotate-worker`), as local processes, or, with `via_deployments`, as
@@ -181,19 +183,27 @@ class Feeder:
         with self.sessions() as session:
             return next_expiry_s(session, self.run_id)
 
-    def claims(self, max_images: int):  # noqa: ANN201 (a tasks.annotate.Claim)
-        """A Claim for one shard: up to `max_images` images, then None."""
+    def claims(self, max_images: int, ended: asyncio.Event):  # noqa: ANN201 (a tasks.annotate.Claim)
+        """A Claim for one shard: up to `max_images` images, then None; `ended` is set once it claims no more."""
         claimed = 0
 
         async def claim_next() -> list[int] | None:
+            image_ids = await next_images()
+            if image_ids is None or claimed >= max_images:
+                ended.set()
+            return image_ids
+
+        async def next_images() -> list[int] | None:
             nonlocal claimed
             while claimed < max_images:
                 self.stop_reason = self.stop_reason or await asyncio.to_thread(self._stop_reason)
                 if self.stop_reason:
                     return None
-                image_ids = await asyncio.to_thread(self._claim, min(self.images_per_task, max_images - claimed))
+                wanted = min(self.images_per_task, max_images - claimed)
+                claimed += wanted  # counted before the await, so coroutines claiming at once stay within max_images
+                image_ids = await asyncio.to_thread(self._claim, wanted)
+                claimed -= wanted - len(image_ids)
                 if image_ids:
-                    claimed += len(image_ids)
                     return image_ids
                 wait = await asyncio.to_thread(self._next_expiry_s)
                 if wait is None:  # nothing claimable and nothing leased by anyone: the run has no work left
@@ -214,14 +224,46 @@ class Feeder:
 
 
 @flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
-async def annotate_shard(run_name: str, shard: str, feeder: Feeder, max_images: int, concurrency: int) -> dict[str, int]:
-    """Up to `max_images` of the run's images, claimed as coroutines free up; every image a task run."""
-    # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
-    with feeder.watch.signals.installed():
-        async with feeder.annotator.open() as session:
-            work = partial(annotate_images, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
-            outcomes = await drive(feeder.claims(max_images), work, concurrency)
+async def annotate_shard(
+    run_name: str, shard: str, feeder: Feeder, max_images: int, concurrency: int, slots: asyncio.Semaphore, ended: asyncio.Event
+) -> dict[str, int]:
+    """Up to `max_images` of the run's images, claimed as coroutines free up; every image a task run.
+
+    `slots` are shared with the shard before and after this one; `ended` is set once it claims no more.
+    """
+    try:
+        # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
+        with feeder.watch.signals.installed():
+            async with feeder.annotator.open() as session:
+                work = partial(annotate_images, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
+                outcomes = await drive(feeder.claims(max_images, ended), work, concurrency, slots)
+    finally:
+        ended.set()
     return feeder.count(outcomes)
+
+
+async def run_shards(params: WorkerSettings, worker: str, feeder: Feeder, concurrency: int) -> None:
+    """Shard sub-flows back to back on one event loop until the run has no work left or stops.
+
+    The next shard starts as soon as the one before has claimed its last image, not once its
+    slowest image is done: waiting for that drain left most coroutines idle for about one
+    image's time per shard (seconds at real latencies). `concurrency` slots shared by the
+    shards keep the images in flight at `concurrency` through the hand-over.
+    """
+    slots = asyncio.Semaphore(concurrency)
+    shards: list[asyncio.Task] = []
+    while not (feeder.exhausted or feeder.stop_reason):
+        ended = asyncio.Event()
+        shard = asyncio.create_task(
+            annotate_shard(params.run_name, f"{worker}-{len(shards)}", feeder, params.shard_size, concurrency, slots, ended)
+        )
+        shards.append(shard)
+        claimed_all = asyncio.create_task(ended.wait())
+        await asyncio.wait({shard, claimed_all}, return_when=asyncio.FIRST_COMPLETED)
+        claimed_all.cancel()
+        if shard.done() and shard.exception() is not None:
+            break
+    await asyncio.gather(*shards)
 
 
 def _publish_report(report: RunReport, run_name: str) -> None:
@@ -334,11 +376,8 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
             global_limit=settings.prefect_concurrency_limit,
         )
         try:
-            shard = 0
-            while not (feeder.exhausted or feeder.stop_reason):
-                # Each sub-flow runs on an event loop of its own; its client, connections and writer live and end there.
-                asyncio.run(annotate_shard(params.run_name, f"{worker}-{shard}", feeder, params.shard_size, concurrency))
-                shard += 1
+            # One event loop for the worker's shards; each shard's client, connections and writer live and end in it.
+            asyncio.run(run_shards(params, worker, feeder, concurrency))
         finally:
             stop_reason = feeder.stop_reason or watch.stop_reason()
             with sessions.begin() as session:

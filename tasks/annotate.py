@@ -667,13 +667,27 @@ def claim_from(image_ids: list[int], per_claim: int = 1) -> Claim:
     return claim
 
 
-async def drive(claim: Claim, work: Callable[[list[int]], Awaitable[list[ImageOutcome]]], concurrency: int) -> list[ImageOutcome]:
-    """`concurrency` workers, each claiming a batch and awaiting `work` on it until `claim` runs dry."""
+async def drive(
+    claim: Claim,
+    work: Callable[[list[int]], Awaitable[list[ImageOutcome]]],
+    concurrency: int,
+    slots: asyncio.Semaphore | None = None,
+) -> list[ImageOutcome]:
+    """`concurrency` workers, each claiming a batch and awaiting `work` on it until `claim` runs dry.
+
+    With `slots`, shared by drives running at once, a worker holds a slot from its claim to the end
+    of its work: together they never have more than the slots' count of batches in hand.
+    """
     outcomes: list[ImageOutcome] = []
+    slot = slots if slots is not None else contextlib.nullcontext()
 
     async def worker() -> None:
-        while (batch := await claim()) is not None:
-            outcomes.extend(await work(batch))
+        while True:
+            async with slot:
+                batch = await claim()
+                if batch is None:
+                    return
+                outcomes.extend(await work(batch))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return outcomes

@@ -274,3 +274,29 @@ def test_several_images_per_task_run(fresh: Settings) -> None:
             return {run.name for run in runs}
 
     assert asyncio.run(names()) == {f"images-{ids[0]}-to-{ids[3]}", f"images-{ids[4]}-to-{ids[7]}"}
+
+
+def test_shards_hand_over_without_draining(fresh: Settings) -> None:
+    """4 images a shard, 6 at a time: no shard takes more than its 4 although 6 coroutines claim at
+    once, and the next shard starts while the one before is still annotating its images."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
+
+    with running_simulator(SimulatorConfig(latency_ms=1000)) as base_url:  # an image takes seconds: longer than a shard's start
+        report = run_flow(base_url, "handover", limit=8, shard_size=4, concurrency=6)
+    assert report.images == {"done": 8}
+
+    async def shards() -> list[tuple]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="handover-shard-")))
+            return [
+                (run, len(await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))))
+                for run in sorted(runs, key=lambda run: int(run.name.rsplit("-", 1)[1]))  # handover-shard-<worker>-<n>
+            ]
+
+    runs = asyncio.run(shards())
+    assert [images for _, images in runs][:2] == [4, 4] and sum(images for _, images in runs) == 8
+    assert all(run.state.is_completed() for run, _ in runs)
+    assert runs[1][0].start_time < runs[0][0].end_time
