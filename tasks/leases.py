@@ -52,15 +52,29 @@ def claim(session: Session, run_id: int, worker: str, n: int, lease_s: float) ->
     return sorted(rows.scalars())
 
 
-def heartbeat(session: Session, run_id: int, worker: str, lease_s: float) -> int:
-    """Extend the worker's leases on its unfinished images; returns how many it holds."""
-    result = session.execute(
-        text(
-            f"UPDATE run_images SET lease_expires_at = now() + make_interval(secs => :lease_s) "
-            f"WHERE run_id = :run_id AND lease_owner = :worker AND {CLAIMABLE}"
-        ),
-        {"run_id": run_id, "worker": worker, "lease_s": lease_s},
+_HEARTBEAT = text(
+    f"""
+    WITH held AS (
+        SELECT run_id, image_id FROM run_images
+        WHERE run_id = :run_id AND lease_owner = :worker AND {CLAIMABLE}
+        FOR UPDATE SKIP LOCKED
     )
+    UPDATE run_images r SET lease_expires_at = now() + make_interval(secs => :lease_s)
+    FROM held WHERE r.run_id = held.run_id AND r.image_id = held.image_id
+    """
+)
+
+
+def heartbeat(session: Session, run_id: int, worker: str, lease_s: float) -> int:
+    """Extend the worker's leases on its unfinished images; returns how many it extended.
+
+    Rows another transaction holds are skipped, not waited for: the worker's
+    own writer locks its images' rows in its order while the heartbeat would
+    lock all of them in another, and Postgres broke that tie as a deadlock
+    (seen at 256 images in flight). A skipped row is being written now; the
+    next beat, well within the lease, extends it if it is still unfinished.
+    """
+    result = session.execute(_HEARTBEAT, {"run_id": run_id, "worker": worker, "lease_s": lease_s})
     return result.rowcount
 
 

@@ -79,6 +79,18 @@ def test_claims_are_disjoint_across_concurrent_workers(sessions: sessionmaker[Se
     assert sum(bool(images) for images in claimed.values()) >= 2  # really shared, not one worker taking all
 
 
+def test_heartbeat_skips_rows_a_writer_holds_instead_of_waiting(sessions: sessionmaker[Session]) -> None:
+    """The writer locks an image's row to mark it done while the heartbeat runs: no wait, so no deadlock."""
+    add_images(sessions, 3)
+    with sessions.begin() as session:
+        run_id = opened(session)
+        held = claim(session, run_id, "w", 3, 60)
+    with sessions.begin() as writer, sessions.begin() as beat:
+        writer.execute(update(RunImage).where(RunImage.image_id == held[0]).values(status="sampling"))
+        beat.execute(text("SET LOCAL lock_timeout = '2s'"))  # waiting would fail this test, not hang it
+        assert heartbeat(beat, run_id, "w", 60) == 2
+
+
 def test_expired_leases_are_reclaimed_and_heartbeats_keep_them(sessions: sessionmaker[Session]) -> None:
     add_images(sessions, 4)
     with sessions.begin() as session:
