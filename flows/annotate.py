@@ -138,6 +138,11 @@ async def annotate_images(
     return [await _annotate_one(image_id, session, progress, global_limit) for image_id in image_ids]
 
 
+# Images one claim query leases, in units of the images a coroutine asks for: fewer round trips to
+# PostgreSQL per image, while a worker holds only a few images nobody works on yet (released at its end).
+CLAIM_AHEAD = 4
+
+
 class Feeder:
     """One worker's claims: leased images from PostgreSQL, one task's worth at a time, until none is left or a stop.
 
@@ -167,13 +172,28 @@ class Feeder:
         self.counts: dict[str, int] = {}
         self.stop_reason: str | None = None
         self.exhausted = False
+        # Images leased ahead of the coroutines, so one claim query serves several of them.
+        self._ready: list[int] = []
+        self._claiming = asyncio.Lock()
 
-    def _stop_reason(self) -> str | None:
+    async def _check_stop(self) -> str | None:
         reason = self.watch.stop_reason() or self.annotator.budget.stop_reason()
-        if reason:
+        if reason or (self.max_calls is None and self.max_cost_usd is None):
             return reason
+        return await asyncio.to_thread(self._shared_budget_reason)
+
+    def _shared_budget_reason(self) -> str | None:
         with self.sessions() as session:
             return shared_budget_reason(session, self.run_id, self.max_calls, self.max_cost_usd)
+
+    async def _take(self, n: int) -> list[int]:
+        """Up to n leased images: from those claimed ahead, else from one claim query for several coroutines' worth."""
+        if len(self._ready) < n:
+            async with self._claiming:  # one query at a time; coroutines waiting here take from what it brought
+                if len(self._ready) < n:
+                    self._ready += await asyncio.to_thread(self._claim, n * CLAIM_AHEAD - len(self._ready))
+        taken, self._ready = self._ready[:n], self._ready[n:]
+        return taken
 
     def _claim(self, n: int) -> list[int]:
         with self.sessions.begin() as session:
@@ -196,12 +216,12 @@ class Feeder:
         async def next_images() -> list[int] | None:
             nonlocal claimed
             while claimed < max_images:
-                self.stop_reason = self.stop_reason or await asyncio.to_thread(self._stop_reason)
+                self.stop_reason = self.stop_reason or await self._check_stop()
                 if self.stop_reason:
                     return None
                 wanted = min(self.images_per_task, max_images - claimed)
                 claimed += wanted  # counted before the await, so coroutines claiming at once stay within max_images
-                image_ids = await asyncio.to_thread(self._claim, wanted)
+                image_ids = await self._take(wanted)
                 claimed -= wanted - len(image_ids)
                 if image_ids:
                     return image_ids
