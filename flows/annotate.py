@@ -32,6 +32,7 @@ import json
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -243,47 +244,68 @@ class Feeder:
         return shard
 
 
-@flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}", validate_parameters=False)
-async def annotate_shard(
-    run_name: str, shard: str, feeder: Feeder, max_images: int, concurrency: int, slots: asyncio.Semaphore, ended: asyncio.Event
-) -> dict[str, int]:
-    """Up to `max_images` of the run's images, claimed as coroutines free up; every image a task run.
+@dataclass
+class _ShardInputs:
+    feeder: Feeder
+    slots: asyncio.Semaphore  # shared with the shard before and after this one
+    ended: asyncio.Event  # set once this shard claims no more
 
-    `slots` are shared with the shard before and after this one; `ended` is set once it claims no more.
-    """
-    try:
-        # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
-        with feeder.watch.signals.installed():
-            async with feeder.annotator.open() as session:
-                work = partial(annotate_images, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
-                outcomes = await drive(feeder.claims(max_images, ended), work, concurrency, slots)
-    finally:
-        ended.set()
+
+# The live objects a shard works with reach it through the context its task copies when created,
+# not as flow parameters: Prefect encodes parameters for its API, walking whatever objects they hold.
+_SHARD_INPUTS: ContextVar[_ShardInputs] = ContextVar("annotate_shard_inputs")
+
+
+@flow(name="annotate-shard", flow_run_name="{run_name}-shard-{shard}")
+async def annotate_shard(run_name: str, shard: str, max_images: int, concurrency: int) -> dict[str, int]:
+    """Up to `max_images` of the run's images, claimed as coroutines free up; every image a task run."""
+    inputs = _SHARD_INPUTS.get()
+    feeder, slots, ended = inputs.feeder, inputs.slots, inputs.ended
+    # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
+    with feeder.watch.signals.installed():
+        async with feeder.annotator.open() as session:
+            work = partial(annotate_images, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
+            outcomes = await drive(feeder.claims(max_images, ended), work, concurrency, slots)
     return feeder.count(outcomes)
 
 
 async def run_shards(params: WorkerSettings, worker: str, feeder: Feeder, concurrency: int) -> None:
-    """Shard sub-flows back to back on one event loop until the run has no work left or stops.
+    """Shard sub-flows back to back on one event loop until the run has no work left, stops, or a shard fails.
 
     The next shard starts as soon as the one before has claimed its last image, not once its
     slowest image is done: waiting for that drain left most coroutines idle for about one
     image's time per shard (seconds at real latencies). `concurrency` slots shared by the
-    shards keep the images in flight at `concurrency` through the hand-over.
+    shards keep the images in flight at `concurrency` through the hand-over. A failed shard
+    cancels the others and its error ends the worker, as it would alone: its images stay
+    leased by this worker until the worker releases them, so a later shard would only wait.
     """
     slots = asyncio.Semaphore(concurrency)
     shards: list[asyncio.Task] = []
-    while not (feeder.exhausted or feeder.stop_reason):
-        ended = asyncio.Event()
-        shard = asyncio.create_task(
-            annotate_shard(params.run_name, f"{worker}-{len(shards)}", feeder, params.shard_size, concurrency, slots, ended)
-        )
+    failed = asyncio.Event()
+
+    def watch(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failed.set()
+
+    inputs: list[_ShardInputs] = []
+    while not (feeder.exhausted or feeder.stop_reason or failed.is_set()):
+        inputs.append(_ShardInputs(feeder, slots, asyncio.Event()))
+        token = _SHARD_INPUTS.set(inputs[-1])
+        shard = asyncio.create_task(annotate_shard(params.run_name, f"{worker}-{len(shards)}", params.shard_size, concurrency))
+        _SHARD_INPUTS.reset(token)
+        shard.add_done_callback(watch)
         shards.append(shard)
-        claimed_all = asyncio.create_task(ended.wait())
-        await asyncio.wait({shard, claimed_all}, return_when=asyncio.FIRST_COMPLETED)
-        claimed_all.cancel()
-        if shard.done() and shard.exception() is not None:
-            break
-    await asyncio.gather(*shards)
+        wakers = {asyncio.create_task(inputs[-1].ended.wait()), asyncio.create_task(failed.wait())}
+        await asyncio.wait({shard, *wakers}, return_when=asyncio.FIRST_COMPLETED)
+        for waker in wakers:
+            waker.cancel()
+    if failed.is_set():
+        for shard in shards:
+            shard.cancel()
+    outcomes = await asyncio.gather(*shards, return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)]
+    if errors:
+        raise errors[0]
 
 
 def _publish_report(report: RunReport, run_name: str) -> None:
@@ -398,6 +420,12 @@ def work(params: WorkerSettings, watch_flow_runs: list[UUID]) -> tuple[dict[str,
         try:
             # One event loop for the worker's shards; each shard's client, connections and writer live and end in it.
             asyncio.run(run_shards(params, worker, feeder, concurrency))
+        except Exception as exc:
+            # While stopping, a shard that cannot start (a busy SQLite-backed Prefect API answered 503
+            # after minutes) is no failure: the run stops as asked and resumes from PostgreSQL.
+            if not (feeder.stop_reason or watch.stop_reason()):
+                raise
+            get_run_logger().warning("run %s: stopping; a shard could not start: %s", params.run_name, exc)
         finally:
             stop_reason = feeder.stop_reason or watch.stop_reason()
             with sessions.begin() as session:
@@ -543,7 +571,18 @@ def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployment
 def main(argv: list[str]) -> int:
     """A worker process started by `supervise` (`python -m flows.annotate '<json>'`); exit 0 unless it failed."""
     payload = json.loads(argv[1])
-    state = annotate_worker(params_from(payload["params"]), payload["index"], payload["parent"], return_state=True)
+    params = params_from(payload["params"])
+    try:
+        state = annotate_worker(params, payload["index"], payload["parent"], return_state=True)
+    except Exception as exc:
+        # A worker that cannot even create its flow run while the run is being stopped has nothing
+        # to do: a busy SQLite-backed Prefect API answered 503 after minutes. Anything else is a failure.
+        with session_factory(get_settings())() as session:
+            requested = stop_requested(session, params.run_id)
+        if not requested:
+            raise
+        print(f"worker {payload['index']} of run {params.run_name}: stopping ({requested}); Prefect API: {exc}", file=sys.stderr)
+        return 0
     return 0 if state.is_completed() or state.is_cancelled() else 1
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 from enum import StrEnum
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -92,6 +93,10 @@ class ImageOutcome:
     samples_used: int = 0
     reason: str | None = None
     new_calls: int = 0
+
+
+# Attempts at a batch's transaction when PostgreSQL aborts it to break a deadlock.
+DEADLOCK_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -405,8 +410,7 @@ class RunWriter:
         self._due.clear()
         if batch.prompts or batch:
             try:
-                async with self._connection.transaction():
-                    await self._write(self._connection.cursor(), batch)
+                await self._commit(batch)
             except BaseException as exc:
                 for future in batch.committed:
                     if not future.done():
@@ -422,11 +426,30 @@ class RunWriter:
         if self._oldest is not None:  # rows added while this batch was being written
             self._pending.set()
 
+    async def _commit(self, batch: _Batch) -> None:
+        """Write the batch in one transaction, again if PostgreSQL broke a deadlock by aborting it.
+
+        Each row of an executemany is its own statement, so the summary-table triggers lock their
+        rows in the batch's order, and the writers of other shards and workers can meet this one in
+        a cycle. The transaction rolled back whole, so writing it again is safe.
+        """
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                async with self._connection.transaction():
+                    await self._write(self._connection.cursor(), batch)
+                return
+            except psycopg.errors.DeadlockDetected:
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+                await asyncio.sleep(random.uniform(0.0, 0.05 * attempt))  # the other side commits meanwhile
+
     async def _write(self, cursor: psycopg.AsyncCursor[Any], batch: _Batch) -> None:
         """One transaction; each executemany is pipelined by psycopg (one round trip per statement kind)."""
         if batch.prompts:
             await cursor.executemany(_PROMPT_SQL, list(batch.prompts.values()))
         if batch.calls:
+            # By stage, so every writer takes the per-stage summary rows in one order.
+            batch.calls.sort(key=lambda call: call[2]["stage"])
             await cursor.executemany(_CALL_SQL, [row for _, _, row in batch.calls], returning=True)
             for state, key, _ in batch.calls:  # one result set per row, in order
                 state.call_ids[key] = (await cursor.fetchone())[0]  # type: ignore[index]

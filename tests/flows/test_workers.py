@@ -93,7 +93,7 @@ def assert_exactly_once(settings: Settings, images: int) -> None:
 
 def test_two_processes_started_together_share_the_run_exactly_once(fresh: Settings) -> None:
     # Calls slow enough that neither process can finish the run before the other has started.
-    with running_simulator(SimulatorConfig(latency_ms=150)) as base_url:
+    with running_simulator(SimulatorConfig(latency_ms=400)) as base_url:
         env = environment(fresh, base_url)
         processes = [annotate(env, "--limit", "40", "--concurrency", "4") for _ in range(2)]
         outputs = [process.communicate(timeout=300)[0] for process in processes]
