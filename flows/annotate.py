@@ -287,15 +287,14 @@ async def run_shards(params: WorkerSettings, worker: str, feeder: Feeder, concur
         if not task.cancelled() and task.exception() is not None:
             failed.set()
 
-    inputs: list[_ShardInputs] = []
     while not (feeder.exhausted or feeder.stop_reason or failed.is_set()):
-        inputs.append(_ShardInputs(feeder, slots, asyncio.Event()))
-        token = _SHARD_INPUTS.set(inputs[-1])
+        inputs = _ShardInputs(feeder, slots, asyncio.Event())
+        token = _SHARD_INPUTS.set(inputs)
         shard = asyncio.create_task(annotate_shard(params.run_name, f"{worker}-{len(shards)}", params.shard_size, concurrency))
         _SHARD_INPUTS.reset(token)
         shard.add_done_callback(watch)
         shards.append(shard)
-        wakers = {asyncio.create_task(inputs[-1].ended.wait()), asyncio.create_task(failed.wait())}
+        wakers = {asyncio.create_task(inputs.ended.wait()), asyncio.create_task(failed.wait())}
         await asyncio.wait({shard, *wakers}, return_when=asyncio.FIRST_COMPLETED)
         for waker in wakers:
             waker.cancel()
@@ -555,7 +554,7 @@ def supervise(params: WorkerSettings, workers: int, own_id: UUID, via_deployment
                 artifact,
                 progress=100.0 * counts.get(ImageStatus.DONE, 0) / total,
                 description=(
-                    f"{counts.get('done', 0)}/{total} images done, {counts.get('failed', 0)} failed; {calls} calls, ${cost:.4f}; "
+                    f"{counts.get(ImageStatus.DONE, 0)}/{total} images done, {counts.get(ImageStatus.FAILED, 0)} failed; {calls} calls, ${cost:.4f}; "
                     f"{workers - finished} of {workers} workers running" + (f"; stopping: {requested}" if requested else "")
                 ),
             )
