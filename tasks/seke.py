@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from models.answers import RewriteAnswer, labels_from_answer, sample_answer_model, summary_answer_model
 from models.labels import FaceLabels, Task
 from models.vocab import Decision, Stage
+from tasks.config import AnnotateConfig
 from tasks.prompts import (
     REWRITE_STAGE,
     SAMPLE_STAGE,
@@ -40,19 +41,6 @@ from tasks.prompts import (
     summary_prompt,
 )
 from tasks.uamc import Sample, Step, UAMCConfig, decide, initial_samples, normalised_uncertainties, task_statistics
-
-
-class AnnotateConfig(BaseModel):
-    """What decides a run's output; stored with the run and fixed for its lifetime (resume replays it)."""
-
-    seed: int = Field(default=0, description="Seeds UAMC draws, sample seeds and question choice.")
-    use_prior: bool = Field(default=True, description="Embed known human labels + emotion knowledge (ablation: off).")
-    uamc: UAMCConfig = Field(default_factory=UAMCConfig)
-    rewrite_with_llm: bool = Field(default=True, description="Off: the answer is assembled without a rewrite call.")
-    tasks_to_mask: list[Task] = Field(
-        default_factory=list,
-        description="Audit runs: treat these human descriptions as missing and regenerate them.",
-    )
 
 
 def sub_seed(*parts: object) -> int:
