@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -143,9 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     state = PartialState()
     if state.is_main_process:
         print(RESULT_MARKER + json.dumps(asdict(result), default=str), flush=True)
-    # Left to interpreter exit, gloo's threads sometimes abort the process ("terminate called
-    # without an active exception") after a sharded run, failing a run that finished.
     state.destroy_process_group()
+    # Interpreter shutdown still tears down torch.distributed's C++ state in an order that now and
+    # then aborts a process ("terminate called without an active exception", no Python frame left)
+    # after a sharded run, failing a run that finished. Every file is written and every process is
+    # past the final barrier, so the process leaves without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
