@@ -3,15 +3,22 @@
 - PostgreSQL: the embedded server (one per test session) or SEKE_TEST_DATABASE_URL;
   each test session works in a database of its own, migrated with Alembic.
 - S3: moto in server mode, a real HTTP endpoint on loopback.
-- Prefect: one prefect_test_harness per session (it takes seconds to start).
+- Prefect: one `prefect server start` per session, its database on the test
+  PostgreSQL as in production (Prefect's SQLite test harness stalls requests
+  while several seke processes write run states at once).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -129,12 +136,64 @@ def s3_settings(settings: Settings, s3_endpoint: str) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
+@contextmanager
+def prefect_server(admin_url: str, home: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """A `prefect server start` on loopback with a new database on the test PostgreSQL; yields the
+    environment its clients need (with `settings`, PREFECT_* variables, added)."""
+    import httpx
 
-    with prefect_test_harness():
-        yield
+    database = make_url(create_database(admin_url)).set(drivername="postgresql+asyncpg")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_API_DATABASE_CONNECTION_URL": database.render_as_string(hide_password=False),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **settings,
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """This process's Prefect client talks to one server for the session (tests hand its URL to the
+    seke processes they start)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:  # logs and events still buffered here reach the server before it stops
+        for result in (APILogWorker.instance().drain(), EventsWorker.drain_all()):
+            if inspect.isawaitable(result):
+                await result
+
+    with prefect_server(postgres_admin_url, tmp_path_factory.mktemp("prefect-home")) as env:
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            yield
+            run_coro_as_sync(drain())
 
 
 @pytest.fixture(scope="module")

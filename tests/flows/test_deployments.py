@@ -4,20 +4,17 @@ through the API stops them all, every flow run ends terminal, and a resume finis
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from core.config import Settings
 from simulator.server import SimulatorConfig, running_simulator
-from tests.conftest import create_database, free_port
+from tests.conftest import prefect_server
 from tests.flows.test_workers import annotate, assert_exactly_once, environment, query, wait_for
 from tests.helpers import prepared_settings
 
@@ -25,46 +22,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def prefect_server(postgres_admin_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A Prefect server on loopback (its database on the test PostgreSQL), the `cpu` pool, the worker deployment."""
-    database = make_url(create_database(postgres_admin_url)).set(drivername="postgresql+asyncpg")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_API_DATABASE_CONNECTION_URL": database.render_as_string(hide_password=False),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.5)
+def deployed_server(postgres_admin_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A Prefect server of its own (its database on the test PostgreSQL), the `cpu` pool, the worker deployment."""
+    with prefect_server(postgres_admin_url, tmp_path / "prefect", PREFECT_WORKER_QUERY_SECONDS="1") as env:
         subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "cpu", "--type", "process"], env=env, check=True, cwd=REPO, capture_output=True)
         subprocess.run(
             [sys.executable, "-c", "from flows.deployments import build_deployment; build_deployment('annotate-worker').apply()"],
             env=env, check=True, cwd=REPO, capture_output=True,
         )
         yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def test_workers_as_deployment_runs_cancel_from_the_api_and_resume(
-    prefect_server: dict[str, str], postgres_admin_url: str, demo: Path, tmp_path: Path
+    deployed_server: dict[str, str], postgres_admin_url: str, demo: Path, tmp_path: Path
 ) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -75,14 +45,14 @@ def test_workers_as_deployment_runs_cancel_from_the_api_and_resume(
     settings: Settings = prepared_settings(postgres_admin_url, tmp_path / "data", demo)
 
     def flow_runs(name: str):
-        with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        with temporary_settings({PREFECT_API_URL: deployed_server["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
             return client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)), sort=FlowRunSort.ID_DESC, limit=200
             )
 
     # Slow enough calls that the second deployment run starts (worker poll, process start) before the first is done.
     with running_simulator(SimulatorConfig(latency_ms=300)) as base_url:
-        env = {**environment(settings, base_url), **prefect_server}
+        env = {**environment(settings, base_url), **deployed_server}
         worker = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "cpu", "--type", "process"],
             env=env, cwd=REPO, stdout=(tmp_path / "worker.log").open("w"), stderr=subprocess.STDOUT,
@@ -92,7 +62,7 @@ def test_workers_as_deployment_runs_cancel_from_the_api_and_resume(
             wait_for(settings, "SELECT count(DISTINCT split_part(lease_owner, ':', 2)) FROM run_images", 2, [process], timeout_s=240)
             wait_for(settings, "SELECT count(*) FROM run_images WHERE status = 'done'", 3, [process])
             (parent,) = [run for run in flow_runs("annotate-deployed") if not run.state.is_final()]
-            with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+            with temporary_settings({PREFECT_API_URL: deployed_server["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
                 client.set_flow_run_state(parent.id, Cancelling(message="cancelled from the UI"), force=True)
             output = process.communicate(timeout=300)[0]
             assert process.returncode == 1 and "stopped (cancelled)" in output.replace("\n", " "), output
