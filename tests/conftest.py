@@ -180,6 +180,7 @@ def prefect_server(admin_url: str, home: Path, **settings: str) -> Iterator[dict
 def prefect_api(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """This process's Prefect client talks to one server for the session (tests hand its URL to the
     seke processes they start)."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -192,8 +193,11 @@ def prefect_api(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactor
 
     with prefect_server(postgres_admin_url, tmp_path_factory.mktemp("prefect-home")) as env:
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield
-            run_coro_as_sync(drain())
+            # Threads that do not copy this context (a thread pool's) see the process-global settings:
+            # they get the URL too, as in Prefect's own test harness, or they would start a server of their own.
+            with _temporary_global_settings_context(get_settings_context()):
+                yield
+                run_coro_as_sync(drain())
 
 
 @pytest.fixture(scope="module")
