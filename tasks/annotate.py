@@ -31,7 +31,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Integer, bindparam, func, literal_column, null, select, update
+from pydantic import BaseModel
+from sqlalchemy import Integer, bindparam, case, func, literal_column, null, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.engine import make_url
@@ -50,7 +51,9 @@ from tasks.ratelimit import RateLimiter
 from tasks.config import AnnotateConfig
 from tasks.seke import Answer, CallKey, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
 from tasks.uamc import Step, image_rng
-from tasks.vllm import AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig
+from tasks.vllm import (
+    AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig, parse_answer,
+)  # fmt: skip
 
 
 
@@ -136,6 +139,19 @@ class StoredCall:
     valid: bool
     parsed: dict[str, Any] | None
     error: str | None
+    raw_text: str | None = None  # as stored, for a call read back from the database
+
+    def answer(self, answer_model: type[BaseModel]) -> Answer:
+        """The answer exactly as the client parsed it when the call was made. A read-back call is parsed again
+        from its raw text: samples show in the summary prompt, which a resumed run must send as an
+        uninterrupted one does, and JSONB keeps neither key order nor -0.0. A raw text cut at its stored
+        bound no longer parses; its stored object, in the answer model's key order, stands in."""
+        parsed = self.parsed
+        if self.raw_text is not None and self.valid:
+            parsed = parse_answer(self.raw_text, answer_model)[0]
+            if parsed is None and self.parsed is not None:
+                parsed = answer_model.model_validate(self.parsed).model_dump(mode="json")
+        return Answer(self.valid, parsed, self.error)
 
 
 @dataclass
@@ -168,7 +184,8 @@ def _state_query():  # noqa: ANN202 (a SQLAlchemy Select)
     )
     calls = (
         select(func.json_agg(func.json_build_array(VLLMCall.id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid,
-                                                   VLLMCall.parsed, VLLMCall.error)))
+                                                   VLLMCall.parsed, VLLMCall.error,
+                                                   case((VLLMCall.valid, VLLMCall.raw_text), else_=null()))))
         .where(VLLMCall.run_id == run_id, VLLMCall.image_id == image_id)
         .scalar_subquery()
     )
@@ -238,8 +255,8 @@ def _image_state(image_id: int, row: Any, config: AnnotateConfig) -> ImageState:
     masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
     kept = [(label_id, name, next(v for v in values if v is not None))
             for label_id, name, *values in labels or () if name not in masked]
-    stored = {(Stage(stage), index): (call_id, StoredCall(valid, parsed, error))
-              for call_id, stage, index, valid, parsed, error in calls or ()}
+    stored = {(Stage(stage), index): (call_id, StoredCall(valid, parsed, error, raw_text))
+              for call_id, stage, index, valid, parsed, error, raw_text in calls or ()}
     return ImageState(
         image_id=image_id,
         sha256=sha256,
@@ -649,7 +666,7 @@ class _Replay:
         key = (request.stage, request.index)
         stored = self._state.calls.get(key)
         if stored is not None:
-            return Answer(stored.valid, stored.parsed, stored.error)
+            return stored.answer(request.answer_model)
         temperature, max_tokens = self._client.config.stage_params(request.stage)
         try:
             result = await self._client.complete(

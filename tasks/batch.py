@@ -52,7 +52,6 @@ from tasks.vllm import (
     EncodedImage,
     PermanentCallError,
     TransientCallError,
-    parse_answer,
 )
 
 ENDPOINT = "/v1/chat/completions"
@@ -93,19 +92,6 @@ class PendingCall:
     image: EncodedImage  # for --fallback-online
     temperature: float
     seed: int
-
-
-#: The raw text of a run's valid stored calls, by (image id, stage, index).
-RawTexts = dict[tuple[int, str, int], str]
-
-
-def _as_parsed(raw: str | None, stored: dict[str, Any] | None, answer_model: type[BaseModel]) -> dict[str, Any] | None:
-    """A stored answer exactly as the online client parsed it: from its raw text. The samples show in the summary
-    prompt, which must be the prompt online mode sends, and JSONB keeps neither key order nor -0.0."""
-    parsed = parse_answer(raw, answer_model)[0] if raw is not None else None
-    if parsed is None and stored is not None:  # raw text cut at its stored bound: the stored object, reordered
-        parsed = answer_model.model_validate(stored).model_dump(mode="json")
-    return parsed
 
 
 def custom_id(run_id: int, image_id: int, stage: Stage | str, index: int) -> str:
@@ -153,7 +139,7 @@ class Line:
 
 
 async def plan_round(
-    annotator: Annotator, image_ids: list[int], raw_texts: RawTexts, lines: dict[str, Line], config: BatchConfig,
+    annotator: Annotator, image_ids: list[int], lines: dict[str, Line], config: BatchConfig,
     concurrency: int = 32, fallback_online: bool = False,
 ) -> RoundPlan:
     """Replay every image; store the `lines` that answer a pending request; return what is still needed.
@@ -173,8 +159,7 @@ async def plan_round(
                 async def call(request: CallRequest) -> Answer:
                     stored = state.calls.get((request.stage, request.index))
                     if stored is not None:
-                        raw = raw_texts.get((state.image_id, request.stage, request.index))
-                        return Answer(stored.valid, _as_parsed(raw, stored.parsed, request.answer_model), stored.error)
+                        return stored.answer(request.answer_model)
                     found.extend(_pending_calls(session.client, annotator.run_id, annotator.config.seed, start, state, image, request))
                     raise Pending
 
@@ -329,16 +314,6 @@ class BatchRunner:
                 .order_by(RunImage.image_id)
             ))
 
-    def raw_texts(self, image_ids: list[int]) -> RawTexts:
-        with self.sessions() as session:
-            return {
-                (image_id, stage, index): raw
-                for image_id, stage, index, raw in session.execute(
-                    select(VLLMCall.image_id, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.raw_text)
-                    .where(VLLMCall.run_id == self.run_id, VLLMCall.valid, VLLMCall.image_id.in_(image_ids))
-                )
-            }
-
     def plan(
         self, lines: dict[str, Line], *, imported: bool = False, each: Callable[[list[PendingCall]], None] | None = None
     ) -> RoundPlan:
@@ -350,7 +325,7 @@ class BatchRunner:
         fallback = imported and self.config.fallback_online
         for start in range(0, len(images), self.config.plan_chunk):
             chunk = images[start : start + self.config.plan_chunk]
-            plan = asyncio.run(plan_round(self.annotator, chunk, self.raw_texts(chunk), lines, self.config,
+            plan = asyncio.run(plan_round(self.annotator, chunk, lines, self.config,
                                           fallback_online=fallback))
             total.images.update(plan.images)
             total.requests += len(plan.pending)

@@ -50,7 +50,7 @@ def fingerprint(settings: Settings, run_name: str) -> tuple[list, list]:
     """Calls and UAMC steps of a run, keyed by image content: comparable across databases."""
     with session_scope(settings) as session:
         calls = session.execute(
-            select(Image.sha256, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.raw_text)
+            select(Image.sha256, VLLMCall.stage, VLLMCall.sample_index, VLLMCall.valid, VLLMCall.raw_text, VLLMCall.prompt_sha256)
             .join(Image, Image.id == VLLMCall.image_id)
             .join(Run, Run.id == VLLMCall.run_id)
             .where(Run.name == run_name)
