@@ -28,13 +28,13 @@ Our PostgreSQL is the system of record: re-running a run resumes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -176,6 +176,12 @@ class Feeder:
         # Images leased ahead of the coroutines, so one claim query serves several of them.
         self._ready: list[int] = []
         self._claiming = asyncio.Lock()
+        # Notified when an image of this worker finishes: claims waiting for the run's last images look again.
+        self._finished = asyncio.Condition()
+
+    async def work_done(self) -> None:
+        async with self._finished:
+            self._finished.notify_all()
 
     async def _check_stop(self) -> str | None:
         reason = self.watch.stop_reason() or self.annotator.budget.stop_reason()
@@ -230,8 +236,12 @@ class Feeder:
                 if wait is None:  # nothing claimable and nothing leased by anyone: the run has no work left
                     self.exhausted = True
                     return None
-                # Others (or our own coroutines) hold the rest: wait for them to finish or their leases to expire.
-                await asyncio.sleep(min(0.5, wait))
+                # Others (or our own coroutines) hold the rest: look again once one of ours finishes, or after
+                # at most half a second (another worker's image finished or a lease expired). Polling alone
+                # ended each run up to half a second after its last image.
+                async with self._finished:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._finished.wait(), min(0.5, wait))
             return None
 
         return claim_next
@@ -264,7 +274,11 @@ async def annotate_shard(run_name: str, shard: str, max_images: int, concurrency
     # A sub-flow's engine puts Prefect's SIGTERM bridge back (a SIGTERM would crash it): ours again, for its span.
     with feeder.watch.signals.installed():
         async with feeder.annotator.open() as session:
-            work = partial(annotate_images, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
+            async def work(image_ids: list[int]) -> list[ImageOutcome]:
+                outcomes = await annotate_images(image_ids, session=session, progress=feeder.progress, global_limit=feeder.global_limit)
+                await feeder.work_done()
+                return outcomes
+
             outcomes = await drive(feeder.claims(max_images, ended), work, concurrency, slots)
     return feeder.count(outcomes)
 
