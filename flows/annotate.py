@@ -206,6 +206,10 @@ class Feeder:
         with self.sessions.begin() as session:
             return claim(session, self.run_id, self.worker, n, self.lease_s)
 
+    def _requested_stop(self) -> str | None:
+        with self.sessions() as session:
+            return stop_requested(session, self.run_id)
+
     def _next_expiry_s(self) -> float | None:
         with self.sessions() as session:
             return next_expiry_s(session, self.run_id)
@@ -232,6 +236,10 @@ class Feeder:
                 claimed -= wanted - len(image_ids)
                 if image_ids:
                     return image_ids
+                # Nothing claimed: the run may have been stopped by another process before our heartbeat saw it.
+                self.stop_reason = await asyncio.to_thread(self._requested_stop)
+                if self.stop_reason:
+                    return None
                 wait = await asyncio.to_thread(self._next_expiry_s)
                 if wait is None:  # nothing claimable and nothing leased by anyone: the run has no work left
                     self.exhausted = True

@@ -10,9 +10,13 @@ GPT-4o (see simulator/model.py), or from the prompt's prior knowledge.
 Endpoints: POST /v1/chat/completions, GET /v1/models, and the Batch API
 (/v1/files upload/retrieve/content, /v1/batches create/retrieve/list/cancel):
 a batch answers each line as /chat/completions would once
-`batch_completion_s` has passed, and can expire or fail lines on request. Faults (latency,
-429 with Retry-After, 5xx, malformed output) are drawn per request from
-`SimulatorConfig`. `running_simulator()` serves it on a free loopback port in
+`batch_completion_s` has passed, and can expire or fail lines on request. Faults (429 with
+Retry-After, 5xx, malformed output, failed batch lines) are drawn from `SimulatorConfig`'s rates
+by a stream seeded with the request itself and how often the same request came before, so which
+requests fail does not depend on the order concurrent requests arrive in: a run over the same
+images meets the same faults every time. A gate (`hold_after`, POST /simulator/gate) holds chat
+requests until a test lets them through, so a test can stop a run at a known point instead of
+racing it with timing. `running_simulator()` serves it on a free loopback port in
 a background thread (tests, demo); `serve()` blocks (`seke simulator serve`).
 """
 
@@ -32,6 +36,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -67,6 +72,10 @@ class SimulatorConfig(BaseModel):
     server_error_rate: float = Field(default=0.0, ge=0, le=1, description="Share answered 500/503.")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Share of answers truncated or invalid.")
     storm_requests: int = Field(default=0, ge=0, description="The first N requests fail, 429 and 503 in turn.")
+    hold_after: int | None = Field(
+        default=None, ge=0,
+        description="Answer this many chat requests, then hold each later one until POST /simulator/gate lets it through.",
+    )
     requests_per_minute: float | None = Field(
         default=None, gt=0, description="A provider's cap: a token bucket of 2 s of burst; requests over it get 429."
     )
@@ -182,8 +191,12 @@ class _Simulator:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)  # latency only: when an answer comes, never what it is
         self.requests = 0
+        self._seen: dict[str, int] = {}  # request identity -> times it arrived (its attempt number)
+        self._allowance = config.hold_after  # chat requests still let through; None: all
+        self._gate = asyncio.Event()  # set (and replaced) whenever the allowance changes
+        self.held = 0  # chat requests waiting at the gate now
         self.over_cap = 0  # requests refused by the requests_per_minute cap
         self._cap_tokens = 2 * (config.requests_per_minute or 0) / 60
         self._cap_updated = time.monotonic()
@@ -210,24 +223,62 @@ class _Simulator:
         median = c.latency_ms * (math.exp(c.latency_sigma * self.rng.gauss(0, 1)) if c.latency_sigma else 1.0)
         return (median + self.rng.uniform(0, c.latency_jitter_ms)) / 1000
 
-    def fault(self) -> JSONResponse | None:
+    def draws(self, body: dict[str, Any], text: str, image: bytes | None) -> random.Random:
+        """The random stream of this arrival of this request: seeded with the simulator's seed, what is
+        asked (prompt, image, seed, temperature) and how often the same request arrived before, so a
+        retried request draws afresh and no draw depends on what other requests arrived meanwhile."""
+        image_key = _image_facts(image)[0] if image is not None else "no-image"
+        identity = ":".join(map(str, (hashlib.sha256(text.encode()).hexdigest(), image_key, body.get("seed"), body.get("temperature"))))
+        attempt = self._seen.get(identity, 0)
+        self._seen[identity] = attempt + 1
+        return random.Random(f"{self.config.seed}:{identity}:{attempt}")
+
+    async def through_gate(self) -> None:
+        """Wait while the gate holds requests (see `hold_after`)."""
+        while self._allowance is not None and self._allowance <= 0:
+            self.held += 1
+            try:
+                await self._gate.wait()
+            finally:
+                self.held -= 1
+        if self._allowance is not None:
+            self._allowance -= 1
+
+    async def set_gate(self, request: Request) -> JSONResponse:
+        """{"answer": N}: let N more chat requests through, then hold again; {"answer": null}: let all through."""
+        body = await request.json()
+        answer = body.get("answer") if isinstance(body, dict) else None
+        if answer is not None and (not isinstance(answer, int) or answer < 0):
+            return _error(400, f"Invalid gate: 'answer' must be a count >= 0 or null, not {answer!r}.", "invalid_request")
+        self._allowance = answer
+        self._gate.set()
+        self._gate = asyncio.Event()
+        return JSONResponse({"answer": answer, "held": self.held})
+
+    def fault(self, body: dict[str, Any], text: str, image: bytes | None) -> tuple[JSONResponse | None, random.Random]:
+        """(the error this request gets, or None; the request's draws, for its answer too).
+
+        The storm's failures take no draw: each request's own stream of draws, and so the faults it meets
+        after the storm, are the same whichever requests the storm happened to hit."""
         c = self.config
         n = self.requests
         self.requests += 1
-        rate_limited = self.rng.random() < c.rate_limit_rate
-        server_error = self.rng.random() < c.server_error_rate
+        draws = self.draws(body, text, image) if n >= c.storm_requests else random.Random(0)
         if n < c.storm_requests:
             rate_limited, server_error = n % 2 == 0, n % 2 == 1
+        else:
+            rate_limited = draws.random() < c.rate_limit_rate
+            server_error = draws.random() < c.server_error_rate
         if rate_limited:
             headers = {
                 "retry-after": str(math.ceil(c.retry_after_s)),
                 "retry-after-ms": str(int(c.retry_after_s * 1000)),
             }
-            return _error(429, "Simulated rate limit: too many requests.", "rate_limit_exceeded", headers)
+            return _error(429, "Simulated rate limit: too many requests.", "rate_limit_exceeded", headers), draws
         if server_error:
-            status = self.rng.choice((500, 503))
-            return _error(status, "Simulated server error.", "server_error")
-        return None
+            status = draws.choice((500, 503))
+            return _error(status, "Simulated server error.", "server_error"), draws
+        return None, draws
 
     async def chat(self, request: Request) -> JSONResponse:
         c = self.config
@@ -240,16 +291,17 @@ class _Simulator:
         checked = self.checked(body)
         if isinstance(checked, JSONResponse):
             return checked
+        await self.through_gate()
         if self.over_rate_cap():
             headers = {"retry-after": "1", "retry-after-ms": "500"}
             return _error(429, "Rate limit reached for requests per minute.", "rate_limit_exceeded", headers)
-        failure = self.fault()
+        failure, draws = self.fault(body, *checked)
         if failure is not None:
             return failure
         latency = self.latency_s()
         if latency > 0:
             await asyncio.sleep(latency)
-        return JSONResponse(self.completion(body, *checked))
+        return JSONResponse(self.completion(body, *checked, draws))
 
     def checked(self, body: Any) -> tuple[str, bytes | None] | JSONResponse:
         """(prompt text, image) of a valid request body, or the error response that names what is wrong."""
@@ -262,7 +314,7 @@ class _Simulator:
             return _error(404, message, "model_not_found")
         return text, image
 
-    def completion(self, body: dict[str, Any], text: str, image: bytes | None) -> dict[str, Any]:
+    def completion(self, body: dict[str, Any], text: str, image: bytes | None, draws: random.Random) -> dict[str, Any]:
         """The chat completion answering a checked request: shared by /chat/completions and batches."""
         c = self.config
         temperature = body.get("temperature")
@@ -271,12 +323,12 @@ class _Simulator:
         seed = body.get("seed")
         # Same image, prompt and seed -> same answer, as a seeded API call promises; unseeded calls vary.
         prompt_key = hashlib.sha256(text.encode()).hexdigest()
-        rng = sim.seeded_rng(image_key, prompt_key, seed) if seed is not None else random.Random(self.rng.random())
+        rng = sim.seeded_rng(image_key, prompt_key, seed) if seed is not None else random.Random(draws.random())
         stage, answer = _answer(text, image_key, truth, temperature, rng)
         response_format = body.get("response_format") or {}
         structured = response_format.get("type") in ("json_schema", "json_object") and stage != "foreign"
         content, finish = _render(answer, structured, rng), "stop"
-        if self.rng.random() < c.malformed_rate:
+        if draws.random() < c.malformed_rate:
             content, finish = _malformed(answer, content, rng)
         prompt_tokens = estimate_text_tokens(text)
         if size is not None:
@@ -385,18 +437,19 @@ class _Simulator:
             if expired:
                 errors.append({**result, "response": None, "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
                 continue
-            if self.rng.random() < self.config.batch_failed_line_rate:
-                error = {"error": {"message": "Simulated server error.", "type": "server_error", "param": None, "code": "server_error"}}
-                errors.append({**result, "response": {"status_code": 500, "request_id": result["id"], "body": error}, "error": None})
-                continue
             body = line.get("body") or {}
             checked = self.checked(body)
             if isinstance(checked, JSONResponse):
                 errors.append({**result, "response": {"status_code": checked.status_code, "request_id": result["id"],
                                                       "body": json.loads(bytes(checked.body))}, "error": None})
                 continue
+            draws = self.draws(body, *checked)
+            if draws.random() < self.config.batch_failed_line_rate:
+                error = {"error": {"message": "Simulated server error.", "type": "server_error", "param": None, "code": "server_error"}}
+                errors.append({**result, "response": {"status_code": 500, "request_id": result["id"], "body": error}, "error": None})
+                continue
             self.requests += 1
-            answer = self.completion(body, *checked)
+            answer = self.completion(body, *checked, draws)
             outputs.append({**result, "response": {"status_code": 200, "request_id": result["id"], "body": answer}, "error": None})
         now = int(time.time())
         for key, rows in (("output_file_id", outputs), ("error_file_id", errors)):
@@ -431,8 +484,9 @@ class _Simulator:
         return JSONResponse(batch)
 
     async def stats(self, request: Request) -> JSONResponse:
-        """Requests seen and refused by the requests/min cap: what a test compares with what was stored."""
-        return JSONResponse({"requests": self.requests, "over_cap": self.over_cap})
+        """Requests answered or failed, refused by the requests/min cap, and held at the gate now: what a test
+        compares with what was stored, or waits for."""
+        return JSONResponse({"requests": self.requests, "over_cap": self.over_cap, "held": self.held})
 
     async def models(self, request: Request) -> JSONResponse:
         model = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": FINGERPRINT}
@@ -446,6 +500,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
             Route("/v1/chat/completions", state.chat, methods=["POST"]),
             Route("/v1/models", state.models, methods=["GET"]),
             Route("/simulator/stats", state.stats, methods=["GET"]),
+            Route("/simulator/gate", state.set_gate, methods=["POST"]),
             Route("/v1/files", state.upload_file, methods=["POST"]),
             Route("/v1/files/{file_id}", state.get_file, methods=["GET"]),
             Route("/v1/files/{file_id}/content", state.file_content, methods=["GET"]),
@@ -466,6 +521,13 @@ def serve(config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: 
         file=sys.stderr,
     )
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _open_gate(root_url: str) -> None:
+    request = urllib.request.Request(f"{root_url}/simulator/gate", data=b'{"answer": null}', method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
 
 
 @contextmanager
@@ -490,6 +552,8 @@ def running_simulator(config: SimulatorConfig | None = None, host: str = "127.0.
             time.sleep(0.01)
         yield f"http://{host}:{port}/v1"
     finally:
+        if server.started:  # requests held at the gate answer now, or the server would wait for them to end
+            _open_gate(f"http://{host}:{port}")
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()

@@ -10,7 +10,9 @@ lease expires; a worker that died on this host is noticed at once
 
 Only images in `pending` or `sampling` are claimable: an image that failed in
 this pass stays failed until the run is reopened (tasks/runs.open_run), so a
-pass always ends.
+pass always ends. Nothing is claimable once a stop is requested for the run
+(`runs.stop_requested`): a worker that has not yet seen the stop on its
+heartbeat starts no new image either.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _CLAIM = text(
     WITH picked AS (
         SELECT run_id, image_id FROM run_images
         WHERE run_id = :run_id AND {CLAIMABLE} AND (lease_expires_at IS NULL OR lease_expires_at < now())
+          AND NOT EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND stop_requested IS NOT NULL)
         ORDER BY image_id LIMIT :n
         FOR UPDATE SKIP LOCKED
     )
@@ -45,7 +48,8 @@ def new_worker_id() -> str:
 
 
 def claim(session: Session, run_id: int, worker: str, n: int, lease_s: float) -> list[int]:
-    """Lease up to `n` claimable images of the run (lowest ids first) to `worker`; returns their ids."""
+    """Lease up to `n` claimable images of the run (lowest ids first) to `worker`; returns their ids
+    (none once a stop is requested: see `runs.stop_requested`)."""
     if n <= 0:
         return []
     rows = session.execute(_CLAIM, {"run_id": run_id, "n": n, "worker": worker, "lease_s": lease_s})

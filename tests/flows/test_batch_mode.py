@@ -157,11 +157,9 @@ def test_an_expired_batch_is_retried_in_the_next_round(
     postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(postgres_admin_url, tmp_path, demo, monkeypatch)
+    # Failed lines are drawn per line and per time it is sent (not by arrival order): the same every run.
     with running_simulator(SimulatorConfig(batch_expire_first=1, batch_failed_line_rate=0.1, batch_completion_s=0.1)) as base_url:
         report = _batch(base_url)
-        if report.status == "stopped":  # failed lines can use up the extra rounds (BatchConfig.extra_rounds): a re-run goes on
-            assert "rounds" in report.stop_reason
-            report = _batch(base_url)
     assert report.images == {"done": LIMIT}
     with session_scope(settings) as session:
         first = session.scalars(select(ApiBatch).order_by(ApiBatch.id)).first()

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, func, select, text
 from core.db import session_scope
 from models.orm import RunImage, VLLMCall
 from simulator.server import SimulatorConfig, create_app
-from tests.helpers import prepared_settings, use
+from tests.helpers import prepared_settings, set_gate, simulator_stats, use, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -74,7 +74,8 @@ def test_resume_after_sigkill_pays_again_at_most_in_flight_plus_buffer_rows(
     from flows.annotate import annotate_flow
 
     settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    app = CountingApp(SimulatorConfig(latency_ms=30))
+    # 25 answers, then every coroutine waits at the simulator's gate: the run stands still mid-way when killed.
+    app = CountingApp(SimulatorConfig(hold_after=25))
     with serving(app) as base_url:
         env = {
             **os.environ,
@@ -88,19 +89,14 @@ def test_resume_after_sigkill_pays_again_at_most_in_flight_plus_buffer_rows(
             "PREFECT_API_URL": PREFECT_API_URL.value(),
         }
         command = [sys.executable, "-m", "seke", "annotate", "--run", "kill", "--limit", "16", "--concurrency", str(CONCURRENCY)]
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        engine = create_engine(settings.database_url.get_secret_value())
-        deadline = time.monotonic() + 120
-        stored = 0
-        while stored < 25 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-            with engine.connect() as connection:
-                stored = connection.scalar(text("SELECT count(*) FROM vllm_calls"))
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # Every call in flight has reached the server (and is counted) once all the coroutines wait there.
+        wait_until(lambda: simulator_stats(base_url)["held"] == CONCURRENCY, "every coroutine waiting at the gate", [process])
         process.send_signal(signal.SIGKILL)
         process.wait()
-        time.sleep(0.2)  # requests already on the wire reach the server and are counted
         paid_by_killed = app.chats
+        set_gate(base_url, None)
+        engine = create_engine(settings.database_url.get_secret_value())
         with engine.connect() as connection:
             committed = connection.scalar(text("SELECT count(*) FROM vllm_calls"))
         engine.dispose()

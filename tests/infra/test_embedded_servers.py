@@ -72,14 +72,15 @@ def _postmaster_running(pgdata: Path) -> bool:
 
 def test_the_socket_lives_in_a_private_folder_and_parents_keep_their_mode(state: tuple[Path, dict[str, str]]) -> None:
     state_dir, env = state
+    # The folder is read by the client itself: once its last client ends, the server stops and the folder goes.
     probe = (
-        "from core.config import Settings; from core.db import database_url; from sqlalchemy.engine import make_url;"
-        "print(make_url(database_url(Settings())).query['host'])"
+        "import os; from core.config import Settings; from core.db import database_url; from sqlalchemy.engine import make_url;"
+        "info = os.lstat(make_url(database_url(Settings())).query['host']); print(info.st_mode, info.st_uid)"
     )
-    socket_dir = Path(subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True).stdout.strip())
-    info = socket_dir.lstat()
-    assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700
-    assert info.st_uid == (psutil.Process().uids().effective if os.geteuid() else __import__("pwd").getpwnam("embedded_postgres").pw_uid)
+    output = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True).stdout
+    mode, uid = map(int, output.split())
+    assert stat.S_ISDIR(mode) and stat.S_IMODE(mode) == 0o700
+    assert uid == (psutil.Process().uids().effective if os.geteuid() else __import__("pwd").getpwnam("embedded_postgres").pw_uid)
     assert stat.S_IMODE(state_dir.parents[1].stat().st_mode) == 0o711
 
 
@@ -117,7 +118,8 @@ def test_a_killed_seke_leaves_no_server_behind_and_the_next_command_works(
 ) -> None:
     state_dir, env = state
     pgdata = state_dir / "postgres"
-    with running_simulator(SimulatorConfig(latency_ms=3000)) as base_url:
+    # No call is ever answered: the run is certainly still running when it is killed.
+    with running_simulator(SimulatorConfig(hold_after=0)) as base_url:
         run_env = {**env, "SEKE_VLLM_BASE_URL": base_url, "SEKE_VLLM_MODEL": "seke-simulator"}
         log = state_dir.parent / f"seke-{sig.name}.log"
         with log.open("w") as output:

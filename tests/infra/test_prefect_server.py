@@ -35,7 +35,7 @@ from flows.schedules import list_schedules
 from models.orm import Run
 from simulator.server import SimulatorConfig, running_simulator
 from tests.conftest import free_port
-from tests.helpers import prepared_settings
+from tests.helpers import prepared_settings, stop_prefect_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -208,8 +208,7 @@ def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[
                 90,
             )
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+            stop_prefect_worker(worker)
     assert final.state_type.value == "COMPLETED", worker_log.read_text()[-3000:]
 
     run_name = "sched-" + first.expected_start_time.strftime("%Y%m%d")

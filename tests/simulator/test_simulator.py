@@ -7,7 +7,7 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import httpx
 import pytest
@@ -136,6 +136,55 @@ def test_rewrite_and_foreign_prompts(client: VLLMClient, url: str) -> None:
     body = {"model": "seke-simulator", "messages": [{"role": "user", "content": "What emotion is this?"}]}
     content = httpx.post(f"{url}/chat/completions", json=body).json()["choices"][0]["message"]["content"]
     assert "{" in content and "expression" in content
+
+
+def _chat_body(seed: int) -> dict:
+    prompt = prior_prompt(FaceLabels(), [Task.EXPRESSION])
+    return {"model": "seke-simulator", "seed": seed, "temperature": 1.0,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": prompt.text}]}]}  # fmt: skip
+
+
+def test_faults_follow_each_request_not_the_order_requests_arrive_in() -> None:
+    """Which requests fail is drawn from the request and its attempt number, so concurrent requests meet the
+    same faults whatever order they arrive in (the flow tests' fault runs are the same every time)."""
+    config = SimulatorConfig(rate_limit_rate=0.3, server_error_rate=0.2, malformed_rate=0.3, retry_after_s=0, seed=9)
+
+    def outcomes(order: list[int], threads: int) -> dict[int, list[tuple[int, str]]]:
+        def attempts(seed: int) -> tuple[int, list[tuple[int, str]]]:
+            answers = []
+            for _ in range(3):  # a request sent again, as a retry is: it draws afresh, the same way every run
+                response = httpx.post(f"{url}/chat/completions", json=_chat_body(seed))
+                body = response.json()
+                answers.append((response.status_code, body["choices"][0]["message"]["content"] if response.is_success else ""))
+            return seed, answers
+
+        with running_simulator(config) as url, ThreadPoolExecutor(threads) as pool:
+            return dict(pool.map(attempts, order))
+
+    forward = outcomes(list(range(30)), threads=1)
+    assert forward == outcomes(list(reversed(range(30))), threads=8)
+    statuses = [status for answers in forward.values() for status, _ in answers]
+    assert {200, 429} <= set(statuses) and {500, 503} & set(statuses)
+    assert any(answers[0] != answers[1] for answers in forward.values())  # a retry draws again
+
+
+def test_the_gate_holds_requests_until_let_through() -> None:
+    from tests.helpers import set_gate, simulator_stats
+
+    with running_simulator(SimulatorConfig(hold_after=1)) as url, ThreadPoolExecutor(3) as pool:
+        assert httpx.post(f"{url}/chat/completions", json=_chat_body(0)).status_code == 200
+        waiting = [pool.submit(httpx.post, f"{url}/chat/completions", json=_chat_body(s), timeout=60) for s in (1, 2)]
+        while simulator_stats(url)["held"] < 2:
+            assert not any(w.done() for w in waiting)
+            time.sleep(0.01)
+        set_gate(url, 1)  # one more, then hold again
+        first = next(iter(as_completed(waiting)))
+        assert first.result().status_code == 200 and simulator_stats(url)["held"] == 1
+        set_gate(url, None)
+        assert all(w.result().status_code == 200 for w in waiting)
+        assert simulator_stats(url) == {"requests": 3, "over_cap": 0, "held": 0}
+        response = httpx.post(url.removesuffix("/v1") + "/simulator/gate", json={"answer": -1})
+        assert response.status_code == 400 and "answer" in response.json()["error"]["message"]
 
 
 def test_latency_is_injected() -> None:

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,15 @@ from models.orm import HumanLabel, Image
 from tasks.importers import READERS, ImportOptions
 from tasks.ingest import collect_garbage, ingest
 from tasks.synthetic import render, sample_labels
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 REPO = Path(__file__).resolve().parents[2]
-N = 600
+N = 120
+STALL_AT = 55  # the import stands still storing this object: mid-batch, 5 batches of 10 recorded before it
 
 IMPORT = """
-import sys
+import sys, time
 from pathlib import Path
 from core.config import Settings
 from core.db import session_factory
@@ -35,9 +36,22 @@ from core.store import open_store
 from tasks.importers import READERS, ImportOptions
 from tasks.ingest import ingest
 
+class Stalling:
+    def __init__(self, store, stall_at, marker):
+        self.store, self.stall_at, self.marker, self.puts = store, stall_at, marker, 0
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+    def put_bytes(self, key, data):
+        self.store.put_bytes(key, data)
+        self.puts += 1
+        if self.puts == self.stall_at:  # the object is stored, its row not yet: the test kills us here
+            self.marker.touch()
+            time.sleep(3600)
+
 settings = Settings(database_url=sys.argv[1], store_url=sys.argv[2], state_dir=sys.argv[3])
-root = Path(sys.argv[4])
-ingest(READERS["folder"](root, ImportOptions()), root, session_factory(settings), open_store(settings), batch_size=10)
+root, marker = Path(sys.argv[4]), Path(sys.argv[5])
+store = Stalling(open_store(settings), int(sys.argv[6]), marker)
+ingest(READERS["folder"](root, ImportOptions()), root, session_factory(settings), store, batch_size=10, upload_threads=1)
 """
 
 
@@ -59,15 +73,15 @@ def count_images(settings: Settings) -> int:
 def test_import_killed_midway_and_rerun_has_every_image_once_and_no_orphans(settings: Settings, tmp_path: Path) -> None:
     root = faces(tmp_path / "faces", N)
     url = settings.database_url.get_secret_value()  # type: ignore[union-attr]
-    args = [sys.executable, "-c", IMPORT, url, settings.store_url, str(settings.state_dir), str(root)]
-    process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 120
-    while count_images(settings) < 50 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    marker = tmp_path / "stalled"
+    args = [sys.executable, "-c", IMPORT, url, settings.store_url, str(settings.state_dir), str(root), str(marker), str(STALL_AT)]
+    process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    wait_until(marker.exists, "the import to stand still mid-batch", [process])
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = count_images(settings)
-    assert 0 < killed_at < N, "the import was not killed midway; make it slower"
+    assert killed_at == STALL_AT // 10 * 10  # the batches recorded before it; the stalled one's objects are orphans
 
     report = ingest(READERS["folder"](root, ImportOptions()), root, session_factory(settings), open_store(settings))
     assert report.problems == []
