@@ -16,7 +16,9 @@ by a stream seeded with the request itself and how often the same request came b
 requests fail does not depend on the order concurrent requests arrive in: a run over the same
 images meets the same faults every time. A gate (`hold_after`, POST /simulator/gate) holds chat
 requests until a test lets them through, so a test can stop a run at a known point instead of
-racing it with timing. `running_simulator()` serves it on a free loopback port in
+racing it with timing. A request may ask for `n` choices (each its own draw; `refuse_n` answers it
+400 instead, as some endpoints do), and usage reports `prompt_tokens_details.cached_tokens` from a
+prefix cache with OpenAI's rules (simulator/cache.py). `running_simulator()` serves it on a free loopback port in
 a background thread (tests, demo); `serve()` blocks (`seke simulator serve`).
 """
 
@@ -51,12 +53,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from models.labels import FaceLabels, Task
+from simulator import cache
 from simulator import model as sim
 from tasks import prompts
 from tasks.groundtruth import read_ground_truth
 from tasks.vllm import estimate_text_tokens, image_tokens
 
 FINGERPRINT = "seke-simulator"
+MAX_N = 128  # OpenAI's largest n
 
 
 class SimulatorConfig(BaseModel):
@@ -86,6 +90,11 @@ class SimulatorConfig(BaseModel):
         default=0.0, ge=0, le=1, description="Share of batch lines answered 500 in the error file."
     )
 
+    prefix_cache_ttl_s: float = Field(
+        default=600.0, ge=0, description="Seconds a prompt prefix stays in the simulated prompt cache; 0: no cache."
+    )
+    refuse_n: bool = Field(default=False, description="Answer a request asking for n > 1 choices with HTTP 400, as some endpoints do.")
+
     @field_validator("model_name")
     @classmethod
     def _says_simulator(cls, value: str) -> str:
@@ -94,9 +103,11 @@ class SimulatorConfig(BaseModel):
         return value
 
 
-def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None, param: str | None = None
+) -> JSONResponse:
     kind = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -108,6 +119,12 @@ def _image_facts(data: bytes) -> tuple[str, FaceLabels | None, tuple[int, int] |
     except Exception:  # not an image: answered like a prompt without one
         size = None
     return hashlib.sha256(data).hexdigest(), read_ground_truth(data), size
+
+
+def _image_token_count(data: bytes) -> int:
+    """What an image part costs in prompt tokens (OpenAI's high-detail rule); 0 for bytes that are no image."""
+    size = _image_facts(data)[2]
+    return image_tokens(*size) if size is not None else 0
 
 
 def _read_messages(messages: object) -> tuple[str, bytes | None]:
@@ -203,6 +220,7 @@ class _Simulator:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}  # id -> (file object, content)
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object, in creation order
         self._batch_due: dict[str, float] = {}  # id -> monotonic time its lines are answered
+        self.prefix_cache = cache.PrefixCache(config.prefix_cache_ttl_s)
 
     def over_rate_cap(self) -> bool:
         """Whether this request exceeds the configured requests/min (a bucket refilled continuously)."""
@@ -312,46 +330,60 @@ class _Simulator:
         if body.get("model") != self.config.model_name:
             message = f"The model {body.get('model')!r} does not exist; this simulator serves {self.config.model_name!r}."
             return _error(404, message, "model_not_found")
+        n = body.get("n")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N):
+            return _error(400, f"Invalid 'n': {n!r}; expected an integer from 1 to {MAX_N}.", "invalid_value", param="n")
+        if self.config.refuse_n and n not in (None, 1):
+            return _error(400, "Unsupported parameter: 'n' other than 1 is not supported with this model.", "unsupported_parameter", param="n")
         return text, image
 
     def completion(self, body: dict[str, Any], text: str, image: bytes | None, draws: random.Random) -> dict[str, Any]:
-        """The chat completion answering a checked request: shared by /chat/completions and batches."""
+        """The chat completion answering a checked request: shared by /chat/completions and batches.
+
+        With `n`, each choice is its own draw: choice 0 exactly the answer of the same request with n=1,
+        choice i from a stream of its own (seeded with the request's seed and i, else from the request's draws)."""
         c = self.config
         temperature = body.get("temperature")
         temperature = 1.0 if temperature is None else float(temperature)  # the OpenAI default
-        image_key, truth, size = _image_facts(image) if image is not None else ("no-image", None, None)
+        image_key, truth, _ = _image_facts(image) if image is not None else ("no-image", None, None)
         seed = body.get("seed")
         # Same image, prompt and seed -> same answer, as a seeded API call promises; unseeded calls vary.
         prompt_key = hashlib.sha256(text.encode()).hexdigest()
-        rng = sim.seeded_rng(image_key, prompt_key, seed) if seed is not None else random.Random(draws.random())
-        stage, answer = _answer(text, image_key, truth, temperature, rng)
         response_format = body.get("response_format") or {}
-        structured = response_format.get("type") in ("json_schema", "json_object") and stage != "foreign"
-        content, finish = _render(answer, structured, rng), "stop"
-        if draws.random() < c.malformed_rate:
-            content, finish = _malformed(answer, content, rng)
-        prompt_tokens = estimate_text_tokens(text)
-        if size is not None:
-            prompt_tokens += image_tokens(*size)
-        completion_tokens = estimate_text_tokens(content)
+        choices, completion_tokens = [], 0
+        for index in range(int(body.get("n") or 1)):
+            if index == 0:
+                rng, fault = (sim.seeded_rng(image_key, prompt_key, seed) if seed is not None else random.Random(draws.random())), draws
+            else:
+                fault = random.Random(draws.random())
+                rng = sim.seeded_rng(image_key, prompt_key, seed, "choice", index) if seed is not None else random.Random(fault.random())
+            stage, answer = _answer(text, image_key, truth, temperature, rng)
+            structured = response_format.get("type") in ("json_schema", "json_object") and stage != "foreign"
+            content, finish = _render(answer, structured, rng), "stop"
+            if fault.random() < c.malformed_rate:
+                content, finish = _malformed(answer, content, rng)
+            completion_tokens += estimate_text_tokens(content)
+            choices.append({
+                "index": index,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": finish,
+                "logprobs": None,
+            })
+        units = cache.prompt_units(body, _image_token_count)
+        prompt_tokens = len(units)
+        cached_tokens = self.prefix_cache.serve(cache.salt(body), units)
         return {
             "id": f"chatcmpl-sim-{self.requests}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": c.model_name,
             "system_fingerprint": FINGERPRINT,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
-                    "finish_reason": finish,
-                    "logprobs": None,
-                }
-            ],
+            "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached_tokens},
             },
         }
 
