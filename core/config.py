@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     )
     price_in_per_mtok: float = Field(default=2.5, ge=0, description="USD per million prompt tokens (default: GPT-4o).")
     price_out_per_mtok: float = Field(default=10.0, ge=0, description="USD per million output tokens (default: GPT-4o).")
+    price_cached_in_per_mtok: float | None = Field(
+        default=None, ge=0,
+        description="USD per million cached prompt tokens (default: the input price times the model's cached share, tasks/prices.py).",
+    )
     prefect_concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit each image holds a slot of: a coarse cap across processes.",

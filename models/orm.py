@@ -222,6 +222,8 @@ class VLLMCall(Base):
     error: Mapped[str | None] = mapped_column(Text)
     tokens_in: Mapped[int]
     tokens_out: Mapped[int]
+    #: Of tokens_in, those the provider served from its prompt cache (usage.prompt_tokens_details.cached_tokens).
+    tokens_cached: Mapped[int] = mapped_column(server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(12, 6))
     latency_s: Mapped[float]
     attempts: Mapped[int]
@@ -332,6 +334,7 @@ class RunCallTotal(Base):
     invalid: Mapped[int] = mapped_column(BigInteger)
     tokens_in: Mapped[int] = mapped_column(BigInteger)
     tokens_out: Mapped[int] = mapped_column(BigInteger)
+    tokens_cached: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(16, 6))
     latency_s: Mapped[float]
 

@@ -495,7 +495,8 @@ def _print_report(report: RunReport) -> None:
     table.add_row("model", report.model + ("  [yellow](simulator)[/yellow]" if report.simulated else ""))
     table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report.images.items()))
     table.add_row("calls", f"{report.calls} ({report.invalid_calls} invalid answers)")
-    table.add_row("tokens", f"{report.tokens_in} in, {report.tokens_out} out")
+    fresh = report.tokens_in - report.tokens_cached
+    table.add_row("tokens", f"{fresh} fresh in, {report.tokens_cached} cached in, {report.tokens_out} out")
     table.add_row("cost", f"${report.cost_usd:.4f}")
     table.add_row("samples per image", ", ".join(f"{k}: {v}" for k, v in report.samples_histogram.items()))
     table.add_row("mean uncertainty", ", ".join(f"{k}: {v:.3f}" for k, v in report.mean_uncertainty.items()))

@@ -337,6 +337,7 @@ class RunWriter:
             "error": result.error,
             "tokens_in": result.tokens_in,
             "tokens_out": result.tokens_out,
+            "tokens_cached": result.tokens_cached,
             "cost_usd": Decimal(str(round(result.cost_usd, 6))),
             "latency_s": result.latency_s,
             "attempts": result.attempts,

@@ -29,7 +29,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.orm import ApiBatch, RunImage, VLLMCall
 from models.vocab import BatchStatus, ImageStatus, Stage
 from tasks.annotate import AnnotateSession, Annotator, ImageState
+from tasks.prices import Prices
 from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
 from tasks.runs import close_run
 from tasks.seke import Answer, CallKey, CallRequest, sub_seed
@@ -64,6 +65,8 @@ class BatchConfig:
     """How a batch-mode run submits and waits; none of it changes the run's answers."""
 
     price_factor: float = 0.5  # OpenAI's Batch API price relative to online
+    # Before GPT-5, the Batch API bills cached prompt tokens at its (halved) input rate: no cache discount on top.
+    cache_discount: bool = False
     max_requests: int = 50_000  # per input file (the API's limit)
     max_bytes: int = 190 * 1024 * 1024  # per input file (the API's limit is 200 MB)
     poll_s: float = 30.0  # seconds between checks of a batch in progress
@@ -179,7 +182,7 @@ async def plan_round(
         for cid, pending in plan.pending.items():
             line = lines.get(cid)
             if line is not None:
-                result = _result(session, pending, line, config.price_factor)
+                result = _result(session, pending, line, config)
                 await session.writer.add_call(pending.state, pending.key, pending.prompt, result, line.batch_id, cid)
                 plan.stored += 1
                 plan.cost_usd += result.cost_usd
@@ -204,12 +207,15 @@ async def _online(session: AnnotateSession, pending: PendingCall, gate: asyncio.
     plan.cost_usd += result.cost_usd
 
 
-def _result(session: AnnotateSession, pending: PendingCall, line: Line, price_factor: float) -> CallResult:
+def _result(session: AnnotateSession, pending: PendingCall, line: Line, config: BatchConfig) -> CallResult:
     """The line's answer as the online client would have read it, priced at the batch rate."""
     completion = ChatCompletion.model_validate(line.body)
     started = datetime.now(UTC)
     result = session.client._result(completion, pending.answer_model, pending.record, pending.max_tokens, 0.0, 1, started)
-    result.cost_usd *= price_factor
+    prices = session.client.config.prices
+    if not config.cache_discount:
+        prices = replace(prices, cached_input=prices.input)
+    result.cost_usd = prices.cost_usd(result.tokens_in, result.tokens_cached, result.tokens_out) * config.price_factor
     return result
 
 
@@ -474,10 +480,12 @@ def batch_savings(session: Session, run_id: int) -> BatchSavings:
     from models.orm import Run
 
     endpoint = (session.get(Run, run_id).config or {}).get("endpoint") or {}  # type: ignore[union-attr]
-    calls, cost, tokens_in, tokens_out = session.execute(
+    calls, cost, tokens_in, tokens_cached, tokens_out = session.execute(
         select(func.count(), func.coalesce(func.sum(VLLMCall.cost_usd), 0), func.coalesce(func.sum(VLLMCall.tokens_in), 0),
-               func.coalesce(func.sum(VLLMCall.tokens_out), 0))
+               func.coalesce(func.sum(VLLMCall.tokens_cached), 0), func.coalesce(func.sum(VLLMCall.tokens_out), 0))
         .where(VLLMCall.run_id == run_id, VLLMCall.batch_id.is_not(None), VLLMCall.batch_id.not_like("file:%"))
     ).one()
-    online = (tokens_in * endpoint.get("price_in_per_mtok", 0) + tokens_out * endpoint.get("price_out_per_mtok", 0)) / 1e6
+    price_in = endpoint.get("price_in_per_mtok", 0)
+    prices = Prices(price_in, endpoint.get("price_cached_in_per_mtok") or price_in, endpoint.get("price_out_per_mtok", 0))
+    online = prices.cost_usd(tokens_in, tokens_cached, tokens_out)
     return BatchSavings(int(calls), float(cost), float(online))

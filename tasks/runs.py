@@ -165,6 +165,7 @@ class RunReport(BaseModel):
     invalid_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0  # of tokens_in, served from the provider's prompt cache
     cost_usd: float = 0.0
     samples_histogram: dict[int, int] = Field(default_factory=dict)
     mean_uncertainty: dict[str, float] = Field(default_factory=dict)
@@ -185,17 +186,19 @@ def run_report(session: Session, run_id: int) -> RunReport:
     )
     report.images = image_counts(session, run_id)
     # From the summary kept by trigger (migration 0005): a few rows, not a scan of the run's calls.
-    calls, invalid, tokens_in, tokens_out, cost = session.execute(
+    calls, invalid, tokens_in, tokens_out, tokens_cached, cost = session.execute(
         select(
             func.coalesce(func.sum(RunCallTotal.calls), 0),
             func.coalesce(func.sum(RunCallTotal.invalid), 0),
             func.coalesce(func.sum(RunCallTotal.tokens_in), 0),
             func.coalesce(func.sum(RunCallTotal.tokens_out), 0),
+            func.coalesce(func.sum(RunCallTotal.tokens_cached), 0),
             func.coalesce(func.sum(RunCallTotal.cost_usd), 0),
         ).where(RunCallTotal.run_id == run_id)
     ).one()
     report.calls, report.invalid_calls = int(calls), int(invalid)
     report.tokens_in, report.tokens_out, report.cost_usd = int(tokens_in), int(tokens_out), float(cost)
+    report.tokens_cached = int(tokens_cached)
     report.samples_histogram = dict(
         sorted(
             session.execute(

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from models.answers import extract_json_object, json_schema_for
 from core.config import Settings
 from core.redact import redact_url
+from tasks.prices import Prices, cached_share
 from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
 from tasks.ratelimit import RateLimiter
 
@@ -81,6 +82,10 @@ class VLLMConfig(BaseModel):
     )
     price_in_per_mtok: float = Field(default=2.5, ge=0, description="USD per million prompt tokens (GPT-4o).")
     price_out_per_mtok: float = Field(default=10.0, ge=0, description="USD per million output tokens (GPT-4o).")
+    price_cached_in_per_mtok: float | None = Field(
+        default=None, ge=0,
+        description="USD per million cached prompt tokens; None: the input price times the model's cached share (tasks/prices.py).",
+    )
     # Samples need temperature > 0 so UAMC sees the model's variance (paper Eq. 1-3); the summary should be stable.
     sample_temperature: float = Field(default=1.0, ge=0, le=2)
     summary_temperature: float = Field(default=0.0, ge=0, le=2)
@@ -95,7 +100,13 @@ class VLLMConfig(BaseModel):
         host = urlsplit(self.base_url).hostname or ""
         if self.requests_per_minute is None and self.tokens_per_minute is None and host in HOSTED_RATE_LIMITS:
             self.requests_per_minute, self.tokens_per_minute = HOSTED_RATE_LIMITS[host]
+        if self.price_cached_in_per_mtok is None:
+            self.price_cached_in_per_mtok = self.price_in_per_mtok * cached_share(self.model)
         return self
+
+    @property
+    def prices(self) -> Prices:
+        return Prices(self.price_in_per_mtok, float(self.price_cached_in_per_mtok or 0.0), self.price_out_per_mtok)
 
     @classmethod
     def from_settings(
@@ -117,6 +128,7 @@ class VLLMConfig(BaseModel):
             backoff_base_s=settings.vllm_backoff_base_s,
             price_in_per_mtok=settings.price_in_per_mtok,
             price_out_per_mtok=settings.price_out_per_mtok,
+            price_cached_in_per_mtok=settings.price_cached_in_per_mtok,
         )
 
     def stage_params(self, stage: str) -> tuple[float, int]:
@@ -150,6 +162,7 @@ class CallResult:
     finish_reason: str | None = None
     response_model: str | None = None  # as the endpoint names itself (the simulator says so here)
     system_fingerprint: str | None = None
+    tokens_cached: int = 0  # of tokens_in, served from the provider's prompt cache (billed at the cached rate)
 
 
 class TransientCallError(RuntimeError):
@@ -421,9 +434,11 @@ class _ClientBase:
         usage = getattr(completion, "usage", None)
         tokens_in = getattr(usage, "prompt_tokens", None) or (request.estimate - max_tokens)
         tokens_out = getattr(usage, "completion_tokens", None) or estimate_text_tokens(raw)
+        details = getattr(usage, "prompt_tokens_details", None)
+        tokens_cached = min(tokens_in, getattr(details, "cached_tokens", None) or 0)
         if self._limiter is not None:
             self._limiter.settle(request.estimate, tokens_in + tokens_out)
-        cost = (tokens_in * self.config.price_in_per_mtok + tokens_out * self.config.price_out_per_mtok) / 1e6
+        cost = self.config.prices.cost_usd(tokens_in, tokens_cached, tokens_out)
         return CallResult(
             request_params=request.record,
             raw_text=raw,
@@ -440,6 +455,7 @@ class _ClientBase:
             finish_reason=finish_reason,
             response_model=getattr(completion, "model", None),
             system_fingerprint=getattr(completion, "system_fingerprint", None),
+            tokens_cached=tokens_cached,
         )
 
 
