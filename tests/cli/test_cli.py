@@ -192,7 +192,8 @@ def test_annotate_prints_the_run_report(annotated: str) -> None:
 
 def test_runs_ls_and_show(annotated: str) -> None:
     assert re.search(r"cli\s.*annotate\s.*completed", seke("runs", "ls"))
-    assert "run cli: completed" in seke("runs", "show", "cli")
+    shown = seke("runs", "show", "cli")
+    assert "run cli: completed" in shown and "cached in" in shown and "fresh in" in shown
     assert "no run named 'nope'" in usage_error("runs", "show", "nope")
 
 
