@@ -228,15 +228,3 @@ def test_pipeline_chains_every_step(imported: Path) -> None:
 def test_audit_prints_table_4(imported: Path) -> None:
     output = seke("audit", "--name", "cli-audit", "--limit", "2", "--concurrency", "4")
     assert "paper" in output and "rehearsal" in output
-
-
-@pytest.mark.slow
-def test_demo_without_training(postgres_admin_url: str, tmp_path: Path, prefect_api: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in [k for k in os.environ if k.startswith("SEKE_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("SEKE_DATABASE_URL", create_database(postgres_admin_url))
-    monkeypatch.setenv("SEKE_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
-    output = seke("demo", "--n", "40", "--no-train")
-    assert "run demo: completed" in output and "where everything is" in output
-    assert (tmp_path / "state" / "exports" / "demo" / "feid.jsonl").is_file()

@@ -1,10 +1,11 @@
-"""What a user sees: `seke annotate` on a fresh machine prints a progress bar and its report, no
-Prefect log lines and no warnings; the logs are in <state_dir>/logs/prefect.log, and on the console
-with --verbose."""
+"""What a user sees: `seke annotate` and `seke demo` on a fresh machine print progress bars and
+reports, no Prefect log lines and no third-party warnings; the logs are in
+<state_dir>/logs/prefect.log, and on the console with --verbose."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from core.config import Settings
 from simulator.server import SimulatorConfig, running_simulator
+from tests.conftest import create_database
 from tests.helpers import prepared_settings
 
 SEKE = str(Path(sys.executable).parent / "seke")
@@ -55,3 +57,29 @@ def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(fresh: Sett
     log = (state / "logs" / "prefect.log").read_text()
     assert "Task run 'image-" in log and "Finished in state Completed" in log
     assert "Flow run 'annotate-quiet'" in loud.stdout + loud.stderr
+
+
+#: What a library's own log or warning line looks like: a level name, a source location, a bracketed time.
+LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|Warning|UserWarning|FutureWarning|DeprecationWarning)\b|\.py:\d+|^\[\d{4}-\d\d-\d\d")
+
+
+def test_demo_prints_only_its_own_output(postgres_admin_url: str, tmp_path: Path, prefect_api: None) -> None:
+    """The README's first command, training included: stderr empty, no library line on stdout;
+    what libraries printed (DeepSpeed's accelerator warning) is in the log file."""
+    from prefect.settings import PREFECT_API_URL
+
+    state = tmp_path / "state"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "SEKE_"))}
+    env.update(
+        SEKE_DATABASE_URL=create_database(postgres_admin_url),
+        SEKE_STATE_DIR=str(state),
+        PREFECT_API_URL=PREFECT_API_URL.value(),  # the session's server: a fresh one costs seconds, not coverage
+        COLUMNS="120",
+    )
+    done = subprocess.run([SEKE, "demo", "--n", "40"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    assert [line for line in done.stdout.splitlines() if LIBRARY_LINE.search(line)] == []
+    assert "run demo: completed" in done.stdout and "FEAB" in done.stdout and "where everything is" in done.stdout
+    assert (state / "exports" / "demo" / "feid.jsonl").is_file()
+    assert "Setting accelerator to CPU" in (state / "logs" / "prefect.log").read_text()
