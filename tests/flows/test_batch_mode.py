@@ -181,11 +181,14 @@ def test_fallback_online_asks_an_expired_batch_online_in_the_same_round(
     assert rounds <= 6  # no round was added for the expired one
 
 
-def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Path, tmp_path: Path) -> None:
+def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Path, tmp_path: Path, prefect_api: None) -> None:
+    from prefect.settings import PREFECT_API_URL
+
     settings = prepared_settings(postgres_admin_url, tmp_path, demo)
     with running_simulator(SimulatorConfig()) as base_url:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "SEKE_"))}
         env.update(
+            PREFECT_API_URL=PREFECT_API_URL.value(),  # the session's server: each command would start its own
             HOME=str(tmp_path), SEKE_STATE_DIR=str(tmp_path / "state"), SEKE_DATABASE_URL=settings.database_url.get_secret_value(),
             SEKE_STORE_URL=settings.store_url, SEKE_VLLM_BASE_URL=base_url, SEKE_VLLM_MODEL="seke-simulator", COLUMNS="160",
         )

@@ -172,7 +172,7 @@ def test_ctrl_c_and_sigterm_stop_the_run_cleanly_and_resume_finishes(fresh: Sett
 
 
 def test_two_workers_share_one_rate_cap_without_429s(fresh: Settings) -> None:
-    cap = 300  # requests/min: 5 per second for both workers together
+    cap = 600  # requests/min: 10 per second for both workers together
     with running_simulator(SimulatorConfig(requests_per_minute=cap)) as base_url:
         env = environment(fresh, base_url, SEKE_REQUESTS_PER_MINUTE=str(cap), SEKE_VLLM_MAX_ATTEMPTS="1")
         processes = [annotate(env, "--limit", "24", "--concurrency", "4") for _ in range(2)]
