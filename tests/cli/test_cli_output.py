@@ -63,6 +63,7 @@ def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(fresh: Sett
 LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|Warning|UserWarning|FutureWarning|DeprecationWarning)\b|\.py:\d+|^\[\d{4}-\d\d-\d\d")
 
 
+@pytest.mark.slow
 def test_demo_prints_only_its_own_output(postgres_admin_url: str, tmp_path: Path, prefect_api: None) -> None:
     """The README's first command, training included: stderr empty, no library line on stdout;
     what libraries printed (DeepSpeed's accelerator warning) is in the log file."""

@@ -154,6 +154,7 @@ def data(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> S
     return prepared_settings(postgres_admin_url, root, root / "demo")
 
 
+@pytest.mark.slow
 def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[str, Any], data: Settings) -> None:
     env = {key: value for key, value in server.items() if key != "_healthy"}
     wait_for("the Prefect server's /api/health", server["_healthy"], timeout_s=90)

@@ -114,6 +114,7 @@ def test_launch_command_names_the_strategy():
         launch_command(processes=4, strategy="ddp", cuda=True, machines=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed-zero3"])
 def test_two_processes_match_one_and_resume_after_a_kill(strategy, inputs, one_process, tmp_path):
     if strategy == "deepspeed-zero3":
