@@ -331,6 +331,13 @@ def _flows(settings: Settings) -> Iterator[None]:
         yield
 
 
+class PromptLayoutChoice(StrEnum):
+    """AnnotateConfig.prompt_layout's choices (tasks/prompts.py)."""
+
+    paper = "paper"
+    cached = "cached"
+
+
 class Normaliser(StrEnum):
     """UAMCConfig.normaliser's choices (tasks/uamc.py)."""
 
@@ -368,6 +375,10 @@ def annotate(
     fallback_online: Annotated[
         bool, typer.Option("--fallback-online", help="With --batch: ask failed or expired lines online at once.")
     ] = False,
+    prompt_layout: Annotated[
+        PromptLayoutChoice,
+        typer.Option(help="paper: the paper's prompts; cached: constant system text first, for providers' prefix caches."),
+    ] = PromptLayoutChoice.paper,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
 
@@ -379,7 +390,7 @@ def annotate(
 
     settings = get_settings()
     uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
-    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc)
+    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc, prompt_layout=prompt_layout.value)
     if pilot and not plan:
         raise typer.BadParameter("--pilot goes with --plan", param_hint="--pilot")
     if plan:

@@ -128,12 +128,17 @@ def _image_token_count(data: bytes) -> int:
 
 
 def _read_messages(messages: object) -> tuple[str, bytes | None]:
-    """(all text of the user messages, the first data-URL image); ValueError names what is wrong."""
+    """(all text of the user messages, the first data-URL image); ValueError names what is wrong.
+
+    A system message (the cached prompt layout's constant head) is read by nobody here: what the
+    simulator answers from (stage, known labels, requested tasks) is in the user message."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     texts: list[str] = []
     image: bytes | None = None
     for message in messages:
+        if isinstance(message, dict) and message.get("role") == "system":
+            continue
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             texts.append(content)

@@ -319,8 +319,9 @@ class RunWriter:
                 await self._space.wait_for(lambda: self._uncommitted < self._buffer.rows or self._failure is not None)
             self._check()
         batch = self._batch
-        if prompt.sha256 not in self._known_prompts:
-            batch.prompts[prompt.sha256] = _prompt_row(prompt)
+        for part in (prompt, prompt.system):
+            if part is not None and part.sha256 not in self._known_prompts:
+                batch.prompts[part.sha256] = _prompt_row(part)
         if not state.call_ids and not state.calls:
             batch.sampling.add(state.image_id)
         stage, index = key

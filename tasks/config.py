@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from models.labels import Task
+from tasks.prompts import PromptLayout
 from tasks.uamc import UAMCConfig
 
 
@@ -19,4 +20,10 @@ class AnnotateConfig(BaseModel):
     tasks_to_mask: list[Task] = Field(
         default_factory=list,
         description="Audit runs: treat these human descriptions as missing and regenerate them.",
+    )
+    # "paper" is the default so that runs stored before the layout existed replay as they ran.
+    prompt_layout: PromptLayout = Field(
+        default="paper",
+        description="paper: the paper's one message per call; cached: constant system text, then image, then the "
+        "call's text, for providers' prefix caches (tasks/prompts.py).",
     )

@@ -12,6 +12,25 @@ Three stages, each a template with a name and a version:
 - rewrite (`seke-rewrite`): turns final labels + description into the answer
   to one of 11 question templates; the question carries no answer.
 
+Two layouts (`AnnotateConfig.prompt_layout`):
+
+- paper: one user message per call, text then image, as the paper shows it;
+  every call sends role, emotion knowledge and instructions again.
+- cached: what never changes first, so a provider's automatic prefix cache
+  (vLLM prefix caching, which hashes image content, in 16-token blocks; OpenAI:
+  prefixes of 1024+ tokens, in 128-token steps) can serve it: a system message
+  (`seke-system`: role, the three kinds of request, the paper layout's emotion
+  knowledge word for word, the output keys), then the image, then the
+  per-image and per-call text (`seke-*-cached`: known labels, samples,
+  question, requested keys). The system text is shared by every call of a run
+  and the image by an image's calls. The system prompt is itself a stored,
+  hashed prompt; each call's request record names it.
+
+  SEKE's prompts are short: system text and image come to ~650 tokens, under
+  OpenAI's 1024-token minimum, so on OpenAI the cache does not engage for
+  them (bench/cost.py measures it); padding the system text past 1024 tokens
+  would cost more at a 50 % cached discount than it saves.
+
 Every rendered text is hashed (sha256) so each stored call names the exact
 prompt it used. Bump a template's version whenever its wording changes; the
 snapshot tests in tests/snapshots/ make such changes visible in review.
@@ -28,7 +47,8 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, Literal
 
 from models.knowledge import AU_DESCRIPTIONS, KNOWLEDGE_STATEMENTS
 from models.labels import ACTION_UNITS, EXPRESSIONS, FaceLabels, Task
@@ -43,11 +63,20 @@ REWRITE_STAGE = Stage.REWRITE
 PRIOR_TEMPLATE = ("seke-prior", "1")
 SUMMARY_TEMPLATE = ("seke-summary", "1")
 REWRITE_TEMPLATE = ("seke-rewrite", "1")
+SYSTEM_TEMPLATE = ("seke-system", "1")  # the cached layout's constant head
+PRIOR_CACHED_TEMPLATE = ("seke-prior-cached", "1")
+SUMMARY_CACHED_TEMPLATE = ("seke-summary-cached", "1")
+REWRITE_CACHED_TEMPLATE = ("seke-rewrite-cached", "1")
 STAGE_OF_TEMPLATE: Mapping[str, Stage] = {
     PRIOR_TEMPLATE[0]: SAMPLE_STAGE,
     SUMMARY_TEMPLATE[0]: SUMMARY_STAGE,
     REWRITE_TEMPLATE[0]: REWRITE_STAGE,
+    PRIOR_CACHED_TEMPLATE[0]: SAMPLE_STAGE,
+    SUMMARY_CACHED_TEMPLATE[0]: SUMMARY_STAGE,
+    REWRITE_CACHED_TEMPLATE[0]: REWRITE_STAGE,
 }
+
+PromptLayout = Literal["paper", "cached"]
 
 # Machine-readable markers: each starts a line followed by the value (JSON unless noted).
 PROMPT_ID_MARKER = "Prompt: "  # first line: "Prompt: <name> v<version>" (plain text)
@@ -71,12 +100,14 @@ class RenderedPrompt:
     version: str
     text: str
     sha256: str
+    #: Cached layout: the system message sent before the image and this text (None: the paper's one message).
+    system: RenderedPrompt | None = None
 
 
-def _render(template: tuple[str, str], lines: Sequence[str]) -> RenderedPrompt:
+def _render(template: tuple[str, str], lines: Sequence[str], system: RenderedPrompt | None = None) -> RenderedPrompt:
     name, version = template
     text = "\n".join([f"{PROMPT_ID_MARKER}{name} v{version}", *lines]).strip() + "\n"
-    return RenderedPrompt(name, version, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return RenderedPrompt(name, version, text, hashlib.sha256(text.encode("utf-8")).hexdigest(), system)
 
 
 def _dumps(value: Any) -> str:
@@ -146,7 +177,11 @@ def _label_lines(labels: FaceLabels) -> list[str]:
 
 
 def _prior_lines(known: FaceLabels) -> list[str]:
-    lines = _knowledge_lines()
+    return _knowledge_lines() + _known_lines(known)
+
+
+def _known_lines(known: FaceLabels) -> list[str]:
+    lines = []
     if labels_json(known):
         lines += [
             "Human annotators have already labelled part of this face. Treat their labels as correct and use "
@@ -190,7 +225,40 @@ def _format_lines(missing: Sequence[Task], extra: Sequence[str] = ()) -> list[st
     return [_JSON_ONLY, "{" + ", ".join([*parts, *extra]) + "}"]
 
 
-def prior_prompt(known: FaceLabels, missing: Sequence[Task], *, use_prior: bool = True) -> RenderedPrompt:
+@cache
+def system_prompt(*, use_prior: bool = True) -> RenderedPrompt:
+    """The cached layout's system message: the same for every call of a run (no knowledge without `use_prior`)."""
+    lines = [
+        _ROLE,
+        "",
+        "You will be shown one face image at a time, followed by one of three requests:",
+        "- annotate: describe only the descriptions the request names.",
+        "- verify: you get your own independent annotations of the face and their statistics; verify them against "
+        "the face and give the final, most reliable labels with a description that reasons across them.",
+        "- answer: write the answer to a user's question about the face from its verified labels and an expert "
+        "analysis.",
+        "",
+    ]
+    if use_prior:
+        lines += _knowledge_lines()  # the paper layout's knowledge, word for word: the science is unchanged
+    lines += [
+        "Every answer is a single JSON object and nothing else, with exactly the keys its request lists. Keys:",
+        f'- "expression": exactly one of {", ".join(EXPRESSIONS)}.',
+        '- "valence", "arousal": numbers in [-1, 1]; valence is how pleasant the emotion is (negative = '
+        "unpleasant), arousal how activated (negative = calm).",
+        f'- "aus": an object with each of the 17 action units ({_au_names(with_descriptions=False)}) as a key, '
+        "true if it is present on this face, false if not.",
+        '- "description": reasoning across the three descriptions: which action units are active, how they point '
+        "to the expression, and how the expression fits the valence and arousal.",
+        '- "answer": the answer to the question, as an expert looking at the face; it speaks about the face '
+        "itself, never about labels, annotators, samples or this prompt.",
+    ]
+    return _render(SYSTEM_TEMPLATE, lines)
+
+
+def prior_prompt(
+    known: FaceLabels, missing: Sequence[Task], *, use_prior: bool = True, layout: PromptLayout = "paper"
+) -> RenderedPrompt:
     """The prior-knowledge sampling prompt (paper §3.1); asks only for `missing`.
 
     Without `use_prior` (the paper's "no Prior" ablation, Table 4) neither the
@@ -199,6 +267,12 @@ def prior_prompt(known: FaceLabels, missing: Sequence[Task], *, use_prior: bool 
     tasks = _ordered(missing)
     if not tasks:
         raise ValueError("prior_prompt needs at least one missing task; an image with all labels needs no samples")
+    if layout == "cached":
+        lines = ["Request: annotate the face in the image.", ""]
+        if use_prior:
+            lines += _known_lines(known)
+        lines += ["Describe only the following:", *_request_lines(tasks), *_format_lines(tasks)]
+        return _render(PRIOR_CACHED_TEMPLATE, lines, system_prompt(use_prior=use_prior))
     lines = [_ROLE, "Look carefully at the face in the image.", ""]
     if use_prior:
         lines += _prior_lines(known)
@@ -214,6 +288,7 @@ def summary_prompt(
     stats: Mapping[Task, Mapping[str, Any]],
     *,
     use_prior: bool = True,
+    layout: PromptLayout = "paper",
 ) -> RenderedPrompt:
     """The self-verification summary prompt (paper §3.2, Algorithm 1 line 15).
 
@@ -221,14 +296,15 @@ def summary_prompt(
     its aggregate (e.g. {"mode": ..., "uncertainty": ...} or {"mean": ...}).
     """
     tasks = _ordered(missing)
+    cached = layout == "cached"
     lines = [
-        _ROLE,
+        *(["Request: verify."] if cached else [_ROLE]),
         "You annotated the face in the image several times independently. Verify those annotations against "
         "the face and give the final, most reliable labels.",
         "",
     ]
     if use_prior:
-        lines += _prior_lines(known)
+        lines += _known_lines(known) if cached else _prior_lines(known)
     lines += [
         f"Your {len(samples)} independent annotations, one JSON object each:",
         f"{SAMPLES_MARKER}{_dumps([dict(s) for s in samples])}",
@@ -248,6 +324,8 @@ def summary_prompt(
         "how they point to the expression, and how the expression fits the valence and arousal.",
         *_format_lines(tasks, ['"description": "<your reasoning>"']),
     ]
+    if cached:
+        return _render(SUMMARY_CACHED_TEMPLATE, lines, system_prompt(use_prior=use_prior))
     return _render(SUMMARY_TEMPLATE, lines)
 
 
@@ -285,10 +363,15 @@ def choose_question(seed: int) -> tuple[int, str]:
     return index, QUESTION_TEMPLATES[index]
 
 
-def rewrite_prompt(question: str, final: FaceLabels, description: str) -> RenderedPrompt:
-    """Asks for the instruction's answer from the final labels and the summary's reasoning."""
+def rewrite_prompt(
+    question: str, final: FaceLabels, description: str, *, use_prior: bool = True, layout: PromptLayout = "paper"
+) -> RenderedPrompt:
+    """Asks for the instruction's answer from the final labels and the summary's reasoning.
+
+    `use_prior` only chooses the cached layout's system message (the paper's rewrite prompt has no knowledge)."""
+    cached = layout == "cached"
     lines = [
-        _ROLE,
+        "Request: answer." if cached else _ROLE,
         "You are writing one answer of a facial emotion instruction dataset. A user showed the face in the "
         "image and asked this question:",
         f"{QUESTION_MARKER}{_dumps(question)}",
@@ -305,6 +388,8 @@ def rewrite_prompt(question: str, final: FaceLabels, description: str) -> Render
         _JSON_ONLY,
         '{"answer": "<the answer>"}',
     ]
+    if cached:
+        return _render(REWRITE_CACHED_TEMPLATE, lines, system_prompt(use_prior=use_prior))
     return _render(REWRITE_TEMPLATE, lines)
 
 

@@ -131,7 +131,7 @@ class Caller:
 
 def prior(known: FaceLabels, missing: list[Task], config: AnnotateConfig) -> tuple[RenderedPrompt, type[BaseModel]]:
     """The prior-knowledge sampling prompt (§3.1) and the answer shape it asks for."""
-    return prior_prompt(known, missing, use_prior=config.use_prior), sample_answer_model(missing)
+    return prior_prompt(known, missing, use_prior=config.use_prior, layout=config.prompt_layout), sample_answer_model(missing)
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,9 @@ async def summarise(
 ) -> Summary:
     """Self-verification (§3.2, Algorithm 1 line 15): prior + samples + their statistics → final labels."""
     stats = task_statistics(missing, samples, config.uamc.normaliser) if samples else {}
-    prompt = summary_prompt(known, missing, samples, {Task(t): v for t, v in stats.items()}, use_prior=config.use_prior)
+    prompt = summary_prompt(
+        known, missing, samples, {Task(t): v for t, v in stats.items()}, use_prior=config.use_prior, layout=config.prompt_layout
+    )
     answer, key = await caller.valid_answer(SUMMARY_STAGE, prompt, summary_answer_model(missing))
     generated = labels_from_answer(answer)
     final = FaceLabels.from_field_values({**generated.field_values(), **known.field_values()})
@@ -191,7 +193,8 @@ async def rewrite(summary: Summary, question_seed: int, config: AnnotateConfig, 
     template_id, question = choose_question(question_seed)
     if not config.rewrite_with_llm:
         return Rewrite(template_id, question, deterministic_answer(summary.final, summary.description), None)
-    answer, key = await caller.valid_answer(REWRITE_STAGE, rewrite_prompt(question, summary.final, summary.description), RewriteAnswer)
+    prompt = rewrite_prompt(question, summary.final, summary.description, use_prior=config.use_prior, layout=config.prompt_layout)
+    answer, key = await caller.valid_answer(REWRITE_STAGE, prompt, RewriteAnswer)
     return Rewrite(template_id, question, str(answer.get("answer", "")), key)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,6 +79,9 @@ class VLLMConfig(BaseModel):
     image_max_side: int = Field(default=512, ge=16, description="Images larger than this are downscaled.")
     structured_output: bool = Field(
         default=True, description="Send response_format json_schema; turn off for endpoints without it."
+    )
+    prompt_cache_key: bool = Field(
+        default=True, description="Cached prompt layout: send prompt_cache_key (one per image); off for endpoints that refuse it."
     )
     price_in_per_mtok: float = Field(default=2.5, ge=0, description="USD per million prompt tokens (GPT-4o).")
     price_out_per_mtok: float = Field(default=10.0, ge=0, description="USD per million output tokens (GPT-4o).")
@@ -315,6 +318,11 @@ class EncodedImage:
     def of(cls, image: bytes, max_side: int) -> EncodedImage:
         return cls(*encode_image(image, max_side))
 
+    @cached_property
+    def cache_key(self) -> str:
+        """The image's prompt_cache_key: the same for every call that sends these bytes."""
+        return "seke-" + hashlib.sha256(self.url.encode("ascii")).hexdigest()[:32]
+
 
 @dataclass(frozen=True)
 class _Request:
@@ -358,7 +366,8 @@ class _ClientBase:
         seed: int | None,
         max_tokens: int,
     ) -> _Request:
-        content: list[dict[str, Any]] = [{"type": "text", "text": prompt.text}]
+        text_part = {"type": "text", "text": prompt.text}
+        content: list[dict[str, Any]] = [text_part]
         record: dict[str, Any] = {
             "stage": stage,
             "base_url": redact_url(self.config.base_url),
@@ -378,15 +387,24 @@ class _ClientBase:
             content.append({"type": "image_url", "image_url": {"url": encoded.url}})
             record.update(encoded.meta)
             estimate += image_tokens(*encoded.meta["image_sent_size"])
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if prompt.system is not None:  # cached layout: constant system text, then the image, then this call's text
+            content.reverse()
+            messages.insert(0, {"role": "system", "content": prompt.system.text})
+            record["system_prompt_sha256"] = prompt.system.sha256
+            estimate += estimate_text_tokens(prompt.system.text)
         params: dict[str, Any] = {
             "model": self.config.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": messages,
             "temperature": temperature,
             # max_tokens rather than max_completion_tokens: vLLM, SGLang and Ollama all accept it.
             "max_tokens": max_tokens,
         }
         if seed is not None:
             params["seed"] = seed
+        if prompt.system is not None and image is not None and self.config.prompt_cache_key:
+            # Routes an image's calls to the machine that holds its prefix (OpenAI; others ignore the field).
+            params["prompt_cache_key"] = record["prompt_cache_key"] = encoded.cache_key
         if self.config.structured_output:
             params["response_format"] = json_schema_for(answer_model)
         return _Request(params, record, estimate)

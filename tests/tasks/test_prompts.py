@@ -37,6 +37,14 @@ def _cases() -> dict[str, prompts.RenderedPrompt]:
         "rewrite": prompts.rewrite_prompt(
             prompts.QUESTION_TEMPLATES[0], HAPPY, "AU6 and AU12 form the happiness pattern; valence is high."
         ),
+        "cached_system": prompts.system_prompt(use_prior=True),
+        "cached_system_no_prior": prompts.system_prompt(use_prior=False),
+        "cached_prior_au_given_expression_va": prompts.prior_prompt(known, [Task.AU], layout="cached"),
+        "cached_summary_au_given_expression_va": prompts.summary_prompt(known, [Task.AU], samples, stats, layout="cached"),
+        "cached_rewrite": prompts.rewrite_prompt(
+            prompts.QUESTION_TEMPLATES[0], HAPPY, "AU6 and AU12 form the happiness pattern; valence is high.",
+            layout="cached",
+        ),
     }
 
 
@@ -137,3 +145,22 @@ def test_prompt_hash_changes_with_content() -> None:
     a = prompts.prior_prompt(FaceLabels(expression="fear"), [Task.AU])
     b = prompts.prior_prompt(FaceLabels(expression="anger"), [Task.AU])
     assert (a.name, a.version) == (b.name, b.version) and a.sha256 != b.sha256
+
+
+@pytest.mark.parametrize("use_prior", [True, False])
+def test_the_cached_layout_asks_the_same_with_the_same_knowledge_in_one_system_text(use_prior: bool) -> None:
+    known = FaceLabels(expression="happiness", valence=0.7, arousal=0.35)
+    paper = prompts.prior_prompt(known, [Task.AU], use_prior=use_prior)
+    cached = prompts.prior_prompt(known, [Task.AU], use_prior=use_prior, layout="cached")
+    assert cached.system == prompts.system_prompt(use_prior=use_prior) and paper.system is None
+    for read in (prompts.prompt_stage, prompts.requested_tasks_in, prompts.known_labels_in):
+        assert read(cached.text) == read(paper.text)  # the simulator and audits read the call text alone
+    assert paper.text.rstrip().splitlines()[-2:] == cached.text.rstrip().splitlines()[-2:]  # the same answer format
+    summary = prompts.summary_prompt(known, [Task.AU], [], {}, use_prior=use_prior, layout="cached")
+    rewrite = prompts.rewrite_prompt("Q?", HAPPY, "d", use_prior=use_prior, layout="cached")
+    assert summary.system is rewrite.system is cached.system  # one system text for every stage of a run
+    if use_prior:  # the paper layout's knowledge, word for word, moved to the system text
+        knowledge = paper.text[paper.text.index("Emotion knowledge:") : paper.text.index("Human annotators")]
+        assert knowledge in cached.system.text and "Happiness is marked" not in cached.text
+    else:
+        assert "cheek raiser" not in cached.system.text and "Happiness is marked" not in cached.system.text
