@@ -3,9 +3,11 @@
     python bench/cost.py                     # demo data n=200 (its FEID split), seed 0
     python bench/cost.py --demo-images 500 --seed 1
 
-The same FEID images, seed and UAMC law in four runs, each in its own database:
-(a) paper layout online, (b) cached layout online, (c) paper layout in Batch API
-rounds, (d) cached layout in batch rounds. The simulator keeps a prefix cache by
+The same FEID images, seed and UAMC law in six runs, each in its own database:
+(a) paper layout online, one call per sample; (b) cached layout + shared prefill
+(the first two samples as one request for n=2 choices) online; (c) paper layout
+in Batch API rounds; (d) cached layout + shared prefill in batch rounds; and
+(e), (f): the paper layout + shared prefill online and in batch. The simulator keeps a prefix cache by
 OpenAI's rules (1024-token minimum, 128-token steps, TTL) and reports
 `cached_tokens`; batch lines are billed at half price with no cache discount
 (pre-GPT-5). Printed per mode: requests and tokens per image by kind (fresh
@@ -34,12 +36,21 @@ from harness import (
     simulator_process,
 )
 
-MODES = {"a": ("paper", "online"), "b": ("cached", "online"), "c": ("paper", "batch"), "d": ("cached", "batch")}
+#: mode: (prompt layout, shared prefill, online or batch)
+MODES = {
+    "a": ("paper", False, "online"),
+    "b": ("cached", True, "online"),
+    "c": ("paper", False, "batch"),
+    "d": ("cached", True, "batch"),
+    "e": ("paper", True, "online"),
+    "f": ("paper", True, "batch"),
+}
 BATCH_FACTOR = 0.5  # the Batch API's price relative to online
 
 
 def tokens(settings) -> tuple[int, int, int, int, int]:
-    """(images done, requests, fresh input, cached input, output tokens) of the run."""
+    """(images done, requests, fresh input, cached input, output tokens) of the run; a request for n
+    choices is stored as n calls, counted once here."""
     from sqlalchemy import func, select
 
     from core.db import session_scope
@@ -49,8 +60,10 @@ def tokens(settings) -> tuple[int, int, int, int, int]:
         run_id = session.scalar(select(Run.id).where(Run.name == RUN))
         done = session.scalar(select(func.count()).select_from(RunImage).where(RunImage.run_id == run_id, RunImage.status == "done"))
         requests, tokens_in, cached, out = session.execute(
-            select(func.count(), func.sum(VLLMCall.tokens_in), func.sum(VLLMCall.tokens_cached), func.sum(VLLMCall.tokens_out))
-            .where(VLLMCall.run_id == run_id)
+            select(
+                func.count().filter(func.coalesce(VLLMCall.request_params["choice_index"].as_integer(), 0) == 0),
+                func.sum(VLLMCall.tokens_in), func.sum(VLLMCall.tokens_cached), func.sum(VLLMCall.tokens_out),
+            ).where(VLLMCall.run_id == run_id)
         ).one()
     return done, requests, tokens_in - cached, cached, out
 
@@ -59,7 +72,7 @@ def dollars(mode: str, fresh: int, cached: int, out: int, model: str) -> float:
     from tasks.prices import MODEL_PRICES
 
     prices = MODEL_PRICES[model]
-    if MODES[mode][1] == "batch":  # no cache discount inside the Batch API before GPT-5
+    if MODES[mode][2] == "batch":  # no cache discount inside the Batch API before GPT-5
         return BATCH_FACTOR * ((fresh + cached) * prices.input + out * prices.output) / 1e6
     return (fresh * prices.input + cached * prices.cached_input + out * prices.output) / 1e6
 
@@ -80,11 +93,11 @@ def main() -> None:
     print(machine_line())
     measured = {}
     with postgres_admin_url() as admin_url, tempfile.TemporaryDirectory(prefix="seke-bench-") as tmp:
-        for mode, (layout, how) in MODES.items():
+        for mode, (layout, shared, how) in MODES.items():
             root = Path(tmp) / mode
             settings = new_settings(admin_url, root)
             ingest_demo_data(settings, root, args.demo_images, seed=args.seed)
-            config = AnnotateConfig(seed=args.seed, prompt_layout=layout)
+            config = AnnotateConfig(seed=args.seed, prompt_layout=layout, shared_prefill=shared)
             with simulator_process(0.0) as simulator:
                 if how == "online":
                     annotate_without_prefect(settings, RUN, simulator.base_url, simulator.model, config, args.concurrency)
@@ -96,7 +109,8 @@ def main() -> None:
     rows = []
     for mode, (done, requests, fresh, cached, out) in measured.items():
         n = max(done, 1)
-        row = [f"({mode}) {MODES[mode][0]} {MODES[mode][1]}", done, f"{requests / n:.2f}", f"{fresh / n:.0f}", f"{cached / n:.0f}", f"{out / n:.0f}"]
+        layout, shared, how = MODES[mode]
+        row = [f"({mode}) {layout}{' + n' if shared else ''} {how}", done, f"{requests / n:.2f}", f"{fresh / n:.0f}", f"{cached / n:.0f}", f"{out / n:.0f}"]
         for model in models:
             usd = dollars(mode, fresh, cached, out, model) / n * 1000
             base = dollars("a", *measured["a"][2:], model) / max(measured["a"][0], 1) * 1000

@@ -375,6 +375,10 @@ def annotate(
     fallback_online: Annotated[
         bool, typer.Option("--fallback-online", help="With --batch: ask failed or expired lines online at once.")
     ] = False,
+    shared_prefill: Annotated[
+        bool,
+        typer.Option(help="Ask UAMC's first samples as one request for n choices (prompt billed once); off for endpoints without n."),
+    ] = True,
     prompt_layout: Annotated[
         PromptLayoutChoice,
         typer.Option(help="paper: the paper's prompts; cached: constant system text first, for providers' prefix caches."),
@@ -390,7 +394,9 @@ def annotate(
 
     settings = get_settings()
     uamc = UAMCConfig(enabled=not no_uamc, max_samples=max_samples, normaliser=normaliser.value)
-    config = AnnotateConfig(seed=seed, use_prior=not no_prior, uamc=uamc, prompt_layout=prompt_layout.value)
+    config = AnnotateConfig(
+        seed=seed, use_prior=not no_prior, uamc=uamc, shared_prefill=shared_prefill, prompt_layout=prompt_layout.value
+    )
     if pilot and not plan:
         raise typer.BadParameter("--pilot goes with --plan", param_hint="--pilot")
     if plan:
@@ -506,6 +512,11 @@ def _print_report(report: RunReport) -> None:
     table.add_row("model", report.model + ("  [yellow](simulator)[/yellow]" if report.simulated else ""))
     table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report.images.items()))
     table.add_row("calls", f"{report.calls} ({report.invalid_calls} invalid answers)")
+    if report.shared_choices is not None:
+        refused = "; the endpoint refused n > 1, so the rest went one call per sample" if report.shared_prefill_refused else ""
+        table.add_row(
+            "requests", f"{report.calls - report.shared_choices} ({report.shared_choices} calls shared a request for n choices{refused})"
+        )
     fresh = report.tokens_in - report.tokens_cached
     table.add_row("tokens", f"{fresh} fresh in, {report.tokens_cached} cached in, {report.tokens_out} out")
     table.add_row("cost", f"${report.cost_usd:.4f}")

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 from enum import StrEnum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -46,15 +47,17 @@ from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunIm
 from models.vocab import ImageStatus, Stage
 from tasks.consistency import consistency_flags
 from tasks.images import InvalidImage, validate_image
-from tasks.prompts import RenderedPrompt
+from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
 from tasks.ratelimit import RateLimiter
 from tasks.config import AnnotateConfig
 from tasks.seke import Answer, CallKey, CallRequest, ImageFailed, SekeImage, SekeResult, run_seke, sub_seed
-from tasks.uamc import Step, image_rng
+from tasks.uamc import Step, image_rng, initial_samples
 from tasks.vllm import (
-    AsyncVLLMClient, CallResult, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig, parse_answer,
+    AsyncVLLMClient, CallResult, ChoicesRefused, EncodedImage, PermanentCallError, TransientCallError, VLLMConfig,
+    parse_answer,
 )  # fmt: skip
 
+logger = logging.getLogger(__name__)
 
 
 class Budget:
@@ -564,6 +567,7 @@ class Annotator:
         self.budget = budget
         self.buffer = buffer
         self.limiter = limiter  # None: the client's own, from the endpoint's configured caps
+        self.shared_prefill = SharedPrefill(initial_samples(config.uamc) if config.shared_prefill else 1)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[AnnotateSession]:
@@ -615,7 +619,11 @@ class AnnotateSession:
         try:
             state = await self._load(image_id)
             image = await asyncio.to_thread(self._encoded_image, state.object_key)
-            call = call_for(state, image) if call_for else _Replay(state, image, self._client, self._writer, self.budget).call
+            call = (
+                call_for(state, image)
+                if call_for
+                else _Replay(state, image, self._client, self._writer, self.budget, annotator.shared_prefill).call
+            )
             result = await run_seke(
                 SekeImage(state.sha256, sub_seed(annotator.config.seed, annotator.run_name, state.sha256, "question")),
                 state.known,
@@ -652,44 +660,70 @@ class AnnotateSession:
 CallFor = Callable[[ImageState, EncodedImage], Callable[[CallRequest], Awaitable[Answer]]]
 
 
+@dataclass
+class SharedPrefill:
+    """UAMC's first `start` samples of an image as one request for n choices, until the endpoint refuses n.
+
+    Each choice is stored as the sample it stands for, so resume replays it like any stored answer;
+    a choice never stored is asked again on its own, with its own seed, as without shared prefill."""
+
+    start: int  # initial_samples(uamc) when on; 1: off
+    refused: bool = False  # the endpoint answered n > 1 with 400: one call per sample from now on
+
+    def indexes(self, request: CallRequest, calls: Mapping[CallKey, Any]) -> list[int]:
+        """The sample indexes one request answers: the asked one, and the first samples not stored yet."""
+        if request.stage != SAMPLE_STAGE or self.refused:
+            return [request.index]
+        return [request.index, *(i for i in range(request.index + 1, self.start) if (SAMPLE_STAGE, i) not in calls)]
+
+
 class _Replay:
     """The `call` of one image's procedure: the stored answer when the run has it, else a new call, queued for writing."""
 
     def __init__(
-        self, state: ImageState, image: EncodedImage, client: AsyncVLLMClient, writer: RunWriter, budget: Budget
-    ) -> None:
+        self, state: ImageState, image: EncodedImage, client: AsyncVLLMClient, writer: RunWriter, budget: Budget,
+        prefill: SharedPrefill,
+    ) -> None:  # fmt: skip
         self._state = state
         self._image = image
         self._client = client
         self._writer = writer
         self._budget = budget
+        self._prefill = prefill
 
     async def call(self, request: CallRequest) -> Answer:
         key = (request.stage, request.index)
         stored = self._state.calls.get(key)
         if stored is not None:
             return stored.answer(request.answer_model)
-        temperature, max_tokens = self._client.config.stage_params(request.stage)
+        indexes = self._prefill.indexes(request, self._state.calls)
         try:
-            result = await self._client.complete(
-                request.stage,
-                request.prompt,
-                image=self._image,
-                answer_model=request.answer_model,
-                temperature=temperature,
-                seed=request.seed,
-                max_tokens=max_tokens,
-            )
+            try:
+                results = await self._ask(request, len(indexes))
+            except ChoicesRefused:
+                logger.warning("the endpoint refuses n > 1 choices: one call per sample for the rest of the run")
+                self._prefill.refused = True
+                indexes, results = [request.index], await self._ask(request, 1)
+                results[0].request_params["shared_prefill_refused"] = True  # the run report reads it
         except TransientCallError as exc:
             raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
         except PermanentCallError as exc:
             self._budget.abort(redact_text(f"endpoint refused a request: {exc}"))
             raise ImageFailed(f"{request.stage} call {request.index}: {exc}") from exc
-        self._budget.add(result)
-        self._state.new_calls += 1
-        await self._writer.add_call(self._state, key, request.prompt, result)
-        self._state.calls[key] = StoredCall(result.valid, result.parsed, result.error)
-        return Answer(result.valid, result.parsed, result.error)
+        for index, result in zip(indexes, results, strict=True):
+            self._budget.add(result)
+            self._state.new_calls += 1
+            await self._writer.add_call(self._state, (request.stage, index), request.prompt, result)
+            self._state.calls[(request.stage, index)] = StoredCall(result.valid, result.parsed, result.error)
+        first = results[0]
+        return Answer(first.valid, first.parsed, first.error)
+
+    async def _ask(self, request: CallRequest, n: int) -> list[CallResult]:
+        temperature, max_tokens = self._client.config.stage_params(request.stage)
+        return await self._client.complete_choices(
+            request.stage, request.prompt, image=self._image, answer_model=request.answer_model,
+            temperature=temperature, seed=request.seed, max_tokens=max_tokens, n=n,
+        )  # fmt: skip
 
 
 # --- driving many images --------------------------------------------------------------------------

@@ -41,9 +41,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.orm import ApiBatch, RunImage, VLLMCall
 from models.vocab import BatchStatus, ImageStatus, Stage
-from tasks.annotate import AnnotateSession, Annotator, ImageState
+from tasks.annotate import AnnotateSession, Annotator, ImageState, SharedPrefill
 from tasks.prices import Prices
-from tasks.prompts import SAMPLE_STAGE, RenderedPrompt
+from tasks.prompts import RenderedPrompt
 from tasks.runs import close_run
 from tasks.seke import Answer, CallKey, CallRequest, sub_seed
 from tasks.uamc import initial_samples
@@ -86,7 +86,7 @@ class PendingCall:
 
     custom_id: str
     state: ImageState
-    key: CallKey
+    keys: tuple[CallKey, ...]  # the calls its answer stores: one, or UAMC's first samples as n choices
     prompt: RenderedPrompt
     answer_model: type[BaseModel]
     max_tokens: int
@@ -102,20 +102,22 @@ def custom_id(run_id: int, image_id: int, stage: Stage | str, index: int) -> str
 
 
 def _pending_calls(
-    client: AsyncVLLMClient, run_id: int, seed: int, start: int, state: ImageState, image: EncodedImage, request: CallRequest
+    client: AsyncVLLMClient, run_id: int, seed: int, prefill: SharedPrefill, state: ImageState, image: EncodedImage,
+    request: CallRequest, shared: bool,
 ) -> list[PendingCall]:
-    """The missing request, and with a first sample the rest of the first `start` samples (same prompt, known seeds)."""
-    indexes = [request.index]
-    if request.stage == SAMPLE_STAGE:
-        indexes += [i for i in range(request.index + 1, start) if (request.stage, i) not in state.calls]
+    """The missing request, and with a first sample the rest of the first samples (same prompt, known seeds):
+    as one line asking n choices when `shared`, else one line each."""
+    indexes = prefill.indexes(request, state.calls)
+    groups = [indexes] if shared else [[index] for index in indexes]
     calls = []
-    for index in indexes:
+    temperature, max_tokens = client.config.stage_params(request.stage)
+    for group in groups:
+        index = group[0]
         seed_i = request.seed if index == request.index else sub_seed(seed, state.sha256, request.stage, index)
-        temperature, max_tokens = client.config.stage_params(request.stage)
         # The online client's own request builder: the same body, byte for byte, as an online call.
-        built = client._request(request.stage, request.prompt, image, request.answer_model, temperature, seed_i, max_tokens)
+        built = client._request(request.stage, request.prompt, image, request.answer_model, temperature, seed_i, max_tokens, len(group))
         calls.append(PendingCall(
-            custom_id(run_id, state.image_id, request.stage, index), state, (request.stage, index),
+            custom_id(run_id, state.image_id, request.stage, index), state, tuple((request.stage, i) for i in group),
             request.prompt, request.answer_model, max_tokens, built.params, built, image, temperature, seed_i,
         ))
     return calls
@@ -151,7 +153,9 @@ async def plan_round(
     pending requests without a line are asked online now (at the online price) instead of in the next round.
     """
     plan = RoundPlan()
-    start = initial_samples(annotator.config.uamc)
+    # Without shared prefill the first samples still go in one round, as lines of their own.
+    prefill = SharedPrefill(initial_samples(annotator.config.uamc))
+    shared = annotator.config.shared_prefill
     async with annotator.open() as session:
         gate = asyncio.Semaphore(concurrency)
 
@@ -163,7 +167,9 @@ async def plan_round(
                     stored = state.calls.get((request.stage, request.index))
                     if stored is not None:
                         return stored.answer(request.answer_model)
-                    found.extend(_pending_calls(session.client, annotator.run_id, annotator.config.seed, start, state, image, request))
+                    found.extend(_pending_calls(
+                        session.client, annotator.run_id, annotator.config.seed, prefill, state, image, request, shared
+                    ))  # fmt: skip
                     raise Pending
 
                 return call
@@ -182,10 +188,10 @@ async def plan_round(
         for cid, pending in plan.pending.items():
             line = lines.get(cid)
             if line is not None:
-                result = _result(session, pending, line, config)
-                await session.writer.add_call(pending.state, pending.key, pending.prompt, result, line.batch_id, cid)
+                for key, result in zip(pending.keys, _results(session, pending, line, config), strict=True):
+                    await session.writer.add_call(pending.state, key, pending.prompt, result, line.batch_id, cid)
+                    plan.cost_usd += result.cost_usd
                 plan.stored += 1
-                plan.cost_usd += result.cost_usd
         if fallback_online:
             missing = [p for cid, p in plan.pending.items() if cid not in lines]
             await asyncio.gather(*(_online(session, pending, gate, plan) for pending in missing))
@@ -196,27 +202,29 @@ async def _online(session: AnnotateSession, pending: PendingCall, gate: asyncio.
     """One unanswered line asked online, as the online engine asks it; a transport failure leaves it to the next round."""
     async with gate:
         try:
-            result = await session.client.complete(
-                pending.key[0], pending.prompt, image=pending.image, answer_model=pending.answer_model,
-                temperature=pending.temperature, seed=pending.seed, max_tokens=pending.max_tokens,
+            results = await session.client.complete_choices(
+                pending.keys[0][0], pending.prompt, image=pending.image, answer_model=pending.answer_model,
+                temperature=pending.temperature, seed=pending.seed, max_tokens=pending.max_tokens, n=len(pending.keys),
             )
         except (TransientCallError, PermanentCallError):
             return
-    await session.writer.add_call(pending.state, pending.key, pending.prompt, result)
+    for key, result in zip(pending.keys, results, strict=True):
+        await session.writer.add_call(pending.state, key, pending.prompt, result)
+        plan.cost_usd += result.cost_usd
     plan.online += 1
-    plan.cost_usd += result.cost_usd
 
 
-def _result(session: AnnotateSession, pending: PendingCall, line: Line, config: BatchConfig) -> CallResult:
-    """The line's answer as the online client would have read it, priced at the batch rate."""
+def _results(session: AnnotateSession, pending: PendingCall, line: Line, config: BatchConfig) -> list[CallResult]:
+    """The line's answers (one per choice) as the online client would have read them, priced at the batch rate."""
     completion = ChatCompletion.model_validate(line.body)
     started = datetime.now(UTC)
-    result = session.client._result(completion, pending.answer_model, pending.record, pending.max_tokens, 0.0, 1, started)
+    results = session.client._results(completion, pending.answer_model, pending.record, pending.max_tokens, 0.0, 1, started)
     prices = session.client.config.prices
     if not config.cache_discount:
         prices = replace(prices, cached_input=prices.input)
-    result.cost_usd = prices.cost_usd(result.tokens_in, result.tokens_cached, result.tokens_out) * config.price_factor
-    return result
+    for result in results:
+        result.cost_usd = prices.cost_usd(result.tokens_in, result.tokens_cached, result.tokens_out) * config.price_factor
+    return results
 
 
 # --- batches: submit once, wait, read back ---------------------------------------------------------

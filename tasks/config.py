@@ -21,6 +21,12 @@ class AnnotateConfig(BaseModel):
         default_factory=list,
         description="Audit runs: treat these human descriptions as missing and regenerate them.",
     )
+    # Off by default so that runs stored before it existed replay as they ran; the CLI turns it on.
+    shared_prefill: bool = Field(
+        default=False,
+        description="Ask UAMC's first samples as one request for n choices (the prompt billed once), where the "
+        "endpoint takes n > 1.",
+    )
     # "paper" is the default so that runs stored before the layout existed replay as they ran.
     prompt_layout: PromptLayout = Field(
         default="paper",

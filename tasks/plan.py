@@ -188,7 +188,9 @@ def law_plan(images: Sequence[PlannedImage], config: AnnotateConfig, vllm: VLLMC
             n.low * sample_out.low, n.high * sample_out.high
         )
         rewrite_in = Range(image.image_tokens + rewrite_text, image.image_tokens + rewrite_text + vllm.summary_max_tokens).times(rewrite)
-        tokens_in = tokens_in + n.times(image.sample_tokens_in) + summary_in + rewrite_in
+        # Shared prefill: the first samples are one request, their prompt billed once.
+        shared = initial_samples(config.uamc) - 1 if config.shared_prefill and image.missing else 0
+        tokens_in = tokens_in + (n + Range(-shared, -shared)).times(image.sample_tokens_in) + summary_in + rewrite_in
         tokens_out = tokens_out + Range(n.low * sample_out.low, n.high * sample_out.high) + summary_out + rewrite_out
     plan = _priced(images, "UAMC's law", calls, tokens_in, tokens_out, vllm, concurrency, ASSUMED_LATENCY_S)
     plan.notes.append(
@@ -196,6 +198,11 @@ def law_plan(images: Sequence[PlannedImage], config: AnnotateConfig, vllm: VLLMC
         "between a minimal answer and each stage's max_tokens; latency assumed "
         f"{ASSUMED_LATENCY_S[0]:g}–{ASSUMED_LATENCY_S[1]:g} s per call. A pilot (--pilot K) narrows all of these."
     )
+    if config.shared_prefill:
+        plan.notes.append(
+            f"shared prefill: each image's first {initial_samples(config.uamc)} samples are one request for n choices "
+            "(its prompt billed once); calls count each choice"
+        )
     return plan
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
 
 from models.labels import Split
-from models.orm import Image, Run, RunCallTotal, RunImage, UAMCStep
+from models.orm import Image, Run, RunCallTotal, RunImage, UAMCStep, VLLMCall
 from models.vocab import ImageStatus, RunStatus
 from tasks.config import AnnotateConfig
 
@@ -28,8 +28,12 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: Run, wanted: dict[str, Any], model: str, kind: str) -> list[str]:
-    """The settings in which a new invocation differs from the stored run, as 'field: stored → given'."""
-    before = {"model": stored.model, "kind": stored.kind, **_flat(stored.config.get("annotate") or {})}
+    """The settings in which a new invocation differs from the stored run, as 'field: stored → given'.
+
+    A setting the stored run does not name is newer than the run: the run had its default (which is
+    what seke did before the setting existed)."""
+    defaults = _flat(AnnotateConfig().model_dump(mode="json"))
+    before = {"model": stored.model, "kind": stored.kind, **defaults, **_flat(stored.config.get("annotate") or {})}
     after = {"model": model, "kind": kind, **_flat(wanted)}
     return [
         f"{name}: {before.get(name)!r} → {after.get(name)!r}"
@@ -166,6 +170,9 @@ class RunReport(BaseModel):
     tokens_in: int = 0
     tokens_out: int = 0
     tokens_cached: int = 0  # of tokens_in, served from the provider's prompt cache
+    #: Shared prefill: calls answered as a later choice of one request for n (None: shared prefill off).
+    shared_choices: int | None = None
+    shared_prefill_refused: bool = False  # the endpoint refused n > 1; the run went on with one call per sample
     cost_usd: float = 0.0
     samples_histogram: dict[int, int] = Field(default_factory=dict)
     mean_uncertainty: dict[str, float] = Field(default_factory=dict)
@@ -199,6 +206,14 @@ def run_report(session: Session, run_id: int) -> RunReport:
     report.calls, report.invalid_calls = int(calls), int(invalid)
     report.tokens_in, report.tokens_out, report.cost_usd = int(tokens_in), int(tokens_out), float(cost)
     report.tokens_cached = int(tokens_cached)
+    if run.config.get("annotate", {}).get("shared_prefill"):
+        report.shared_choices, report.shared_prefill_refused = session.execute(
+            select(
+                func.count().filter(VLLMCall.request_params["choice_index"].as_integer() > 0),
+                func.bool_or(VLLMCall.request_params.has_key("shared_prefill_refused")),
+            ).where(VLLMCall.run_id == run_id)
+        ).one()
+        report.shared_prefill_refused = bool(report.shared_prefill_refused)
     report.samples_histogram = dict(
         sorted(
             session.execute(

@@ -188,6 +188,18 @@ class PermanentCallError(RuntimeError):
         self.status_code = status_code
 
 
+class ChoicesRefused(PermanentCallError):
+    """The endpoint refused a request for n > 1 choices (some do); one call per sample works there."""
+
+
+def _refuses_n(exc: openai.APIStatusError, params: Mapping[str, Any]) -> bool:
+    if exc.status_code != 400 or (params.get("n") or 1) == 1:
+        return False
+    body = exc.body if isinstance(exc.body, Mapping) else {}
+    error = body.get("error") if isinstance(body.get("error"), Mapping) else body
+    return error.get("param") == "n" or "'n'" in str(exc.message)
+
+
 # --- images ---
 
 
@@ -333,6 +345,17 @@ class _Request:
     estimate: int  # tokens the limiter reserves: prompt + image + max output
 
 
+def _choice_answer(choice: Any, answer_model: type[BaseModel], max_tokens: int) -> tuple[str, dict[str, Any] | None, str | None, str | None]:
+    """(raw text, parsed answer, error, finish reason) of one choice."""
+    message, finish_reason = choice.message, choice.finish_reason
+    raw = message.content or ""
+    refusal = getattr(message, "refusal", None)
+    parsed, error = (None, f"the model refused: {refusal}") if refusal else parse_answer(raw, answer_model)
+    if error and finish_reason == "length":
+        error += f" (output cut at max_tokens={max_tokens}; raise this stage's max_tokens)"
+    return raw, parsed, error, finish_reason
+
+
 def uncapped(limit: float | None) -> float:
     return float(limit) if limit is not None else 1e15  # "no cap" for one budget while the other has one
 
@@ -365,6 +388,7 @@ class _ClientBase:
         temperature: float,
         seed: int | None,
         max_tokens: int,
+        n: int = 1,
     ) -> _Request:
         text_part = {"type": "text", "text": prompt.text}
         content: list[dict[str, Any]] = [text_part]
@@ -381,7 +405,7 @@ class _ClientBase:
             "max_tokens": max_tokens,
             "structured_output": self.config.structured_output,
         }
-        estimate = estimate_text_tokens(prompt.text) + max_tokens
+        estimate = estimate_text_tokens(prompt.text) + n * max_tokens
         if image is not None:
             encoded = image if isinstance(image, EncodedImage) else EncodedImage.of(image, self.config.image_max_side)
             content.append({"type": "image_url", "image_url": {"url": encoded.url}})
@@ -402,6 +426,8 @@ class _ClientBase:
         }
         if seed is not None:
             params["seed"] = seed
+        if n > 1:  # the prompt is billed once, the completion tokens per choice
+            params["n"] = record["n"] = n
         if prompt.system is not None and image is not None and self.config.prompt_cache_key:
             # Routes an image's calls to the machine that holds its prefix (OpenAI; others ignore the field).
             params["prompt_cache_key"] = record["prompt_cache_key"] = encoded.cache_key
@@ -409,10 +435,12 @@ class _ClientBase:
             params["response_format"] = json_schema_for(answer_model)
         return _Request(params, record, estimate)
 
-    def _failed_attempt(self, exc: openai.APIError, estimate: int, attempt: int) -> float:
+    def _failed_attempt(self, exc: openai.APIError, request: _Request, attempt: int) -> float:
         """After a failed attempt: the backoff to sleep, or raise when retrying cannot help or attempts are used up."""
         if self._limiter is not None:
-            self._limiter.settle(estimate, 0)
+            self._limiter.settle(request.estimate, 0)
+        if isinstance(exc, openai.APIStatusError) and _refuses_n(exc, request.params):
+            raise ChoicesRefused(f"the endpoint refused n={request.params['n']} choices ({_status_detail(exc)})", 400) from exc
         if isinstance(exc, openai.APIStatusError):
             transient = exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500
             if not transient or exc.code == "insufficient_quota":
@@ -424,7 +452,7 @@ class _ClientBase:
             raise TransientCallError(attempt, last_error) from exc
         return backoff_s(attempt, self.config, self._rng, server_wait)
 
-    def _result(
+    def _results(
         self,
         completion: Any,
         answer_model: type[BaseModel],
@@ -433,48 +461,48 @@ class _ClientBase:
         latency: float,
         attempts: int,
         started_at: datetime,
-    ) -> CallResult:
-        choices = getattr(completion, "choices", None)
-        finish_reason = None
-        if not choices:
-            raw, parsed, error = str(completion)[:10_000], None, "the endpoint returned no choices"
-        else:
-            message = choices[0].message
-            finish_reason = choices[0].finish_reason
-            raw = message.content or ""
-            refusal = getattr(message, "refusal", None)
-            if refusal:
-                parsed, error = None, f"the model refused: {refusal}"
-            else:
-                parsed, error = parse_answer(raw, answer_model)
-            if error and finish_reason == "length":
-                error += f" (output cut at max_tokens={max_tokens}; raise this stage's max_tokens)"
+    ) -> list[CallResult]:
+        """One result per choice asked for. With n > 1 the first carries the prompt's tokens (billed once)
+        and the completion tokens are split by each choice's length (usage gives only their sum)."""
+        n = request.params.get("n") or 1
+        choices = list(getattr(completion, "choices", None) or [])
+        answers = [_choice_answer(choice, answer_model, max_tokens) for choice in choices[:n]]
+        while len(answers) < n:
+            answers.append((str(completion)[:10_000], None, "the endpoint returned no choice here", None))
         usage = getattr(completion, "usage", None)
-        tokens_in = getattr(usage, "prompt_tokens", None) or (request.estimate - max_tokens)
-        tokens_out = getattr(usage, "completion_tokens", None) or estimate_text_tokens(raw)
+        tokens_in = getattr(usage, "prompt_tokens", None) or (request.estimate - n * max_tokens)
+        lengths = [estimate_text_tokens(raw) for raw, *_ in answers]
+        tokens_out = getattr(usage, "completion_tokens", None) or sum(lengths)
         details = getattr(usage, "prompt_tokens_details", None)
         tokens_cached = min(tokens_in, getattr(details, "cached_tokens", None) or 0)
         if self._limiter is not None:
             self._limiter.settle(request.estimate, tokens_in + tokens_out)
-        cost = self.config.prices.cost_usd(tokens_in, tokens_cached, tokens_out)
-        return CallResult(
-            request_params=request.record,
-            raw_text=raw,
-            parsed=parsed,
-            valid=error is None,
-            error=error,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            latency_s=latency,
-            attempts=attempts,
-            cost_usd=cost,
-            started_at=started_at,
-            finished_at=datetime.now(UTC),
-            finish_reason=finish_reason,
-            response_model=getattr(completion, "model", None),
-            system_fingerprint=getattr(completion, "system_fingerprint", None),
-            tokens_cached=tokens_cached,
-        )
+        outs = [tokens_out * length // sum(lengths) for length in lengths]
+        outs[-1] += tokens_out - sum(outs)
+        finished_at = datetime.now(UTC)
+        results = []
+        for index, ((raw, parsed, error, finish_reason), out) in enumerate(zip(answers, outs, strict=True)):
+            first = index == 0
+            record = request.record if n == 1 else {**request.record, "choice_index": index}
+            results.append(CallResult(
+                request_params=record,
+                raw_text=raw,
+                parsed=parsed,
+                valid=error is None,
+                error=error,
+                tokens_in=tokens_in if first else 0,
+                tokens_out=out,
+                latency_s=latency,
+                attempts=attempts,
+                cost_usd=self.config.prices.cost_usd(tokens_in if first else 0, tokens_cached if first else 0, out),
+                started_at=started_at,
+                finished_at=finished_at,
+                finish_reason=finish_reason,
+                response_model=getattr(completion, "model", None),
+                system_fingerprint=getattr(completion, "system_fingerprint", None),
+                tokens_cached=tokens_cached if first else 0,
+            ))  # fmt: skip
+        return results
 
 
 class VLLMClient(_ClientBase):
@@ -523,10 +551,10 @@ class VLLMClient(_ClientBase):
             try:
                 completion = self._client.post("/chat/completions", body=request.params, cast_to=ChatCompletion)
             except (openai.APIStatusError, openai.APIConnectionError) as exc:
-                self._sleep(self._failed_attempt(exc, request.estimate, attempt))
+                self._sleep(self._failed_attempt(exc, request, attempt))
                 continue
             latency = time.monotonic() - sent
-            return self._result(completion, answer_model, request, max_tokens, latency, attempt, started_at)
+            return self._results(completion, answer_model, request, max_tokens, latency, attempt, started_at)[0]
 
 
 class AsyncVLLMClient(_ClientBase):
@@ -557,8 +585,27 @@ class AsyncVLLMClient(_ClientBase):
         max_tokens: int,
     ) -> CallResult:
         """As VLLMClient.complete, awaiting the limiter, the endpoint and the backoff."""
+        results = await self.complete_choices(
+            stage, prompt, image=image, answer_model=answer_model, temperature=temperature, seed=seed, max_tokens=max_tokens
+        )
+        return results[0]
+
+    async def complete_choices(
+        self,
+        stage: str,
+        prompt: RenderedPrompt,
+        *,
+        image: bytes | EncodedImage | None,
+        answer_model: type[BaseModel],
+        temperature: float,
+        seed: int | None,
+        max_tokens: int,
+        n: int = 1,
+    ) -> list[CallResult]:
+        """One request for `n` choices (one result each): the prompt billed once. ChoicesRefused when
+        the endpoint takes no n > 1."""
         started_at = datetime.now(UTC)
-        request = self._request(stage, prompt, image, answer_model, temperature, seed, max_tokens)
+        request = self._request(stage, prompt, image, answer_model, temperature, seed, max_tokens, n)
         attempt = 0
         while True:
             attempt += 1
@@ -568,7 +615,7 @@ class AsyncVLLMClient(_ClientBase):
             try:
                 completion = await self._client.post("/chat/completions", body=request.params, cast_to=ChatCompletion)
             except (openai.APIStatusError, openai.APIConnectionError) as exc:
-                await asyncio.sleep(self._failed_attempt(exc, request.estimate, attempt))
+                await asyncio.sleep(self._failed_attempt(exc, request, attempt))
                 continue
             latency = time.monotonic() - sent
-            return self._result(completion, answer_model, request, max_tokens, latency, attempt, started_at)
+            return self._results(completion, answer_model, request, max_tokens, latency, attempt, started_at)

@@ -188,6 +188,7 @@ def test_images_stats_counts_each_split(imported: Path) -> None:
 def test_annotate_prints_the_run_report(annotated: str) -> None:
     assert "run cli: completed" in annotated
     assert "done: 6" in annotated and "(simulator)" in annotated
+    assert re.search(r"requests\s.*\d+ \(\d+ calls shared a request for n choices\)", annotated)  # shared prefill: on
 
 
 def test_runs_ls_and_show(annotated: str) -> None:

@@ -194,9 +194,10 @@ def test_sigkilled_run_resumes_to_exactly_the_clean_run(
         with session_scope(killed) as session:
             assert session.scalar(select(func.count()).where(RunImage.status != "done")) > 0  # really mid-way
         use(killed, monkeypatch)
-        resumed = run_flow(base_url, "resume", limit=16, concurrency=4)
+        shared = AnnotateConfig(shared_prefill=True)  # as the CLI asks by default: first samples as n choices
+        resumed = run_flow(base_url, "resume", limit=16, concurrency=4, config=shared)
         use(clean, monkeypatch)
-        reference = run_flow(base_url, "resume", limit=16, concurrency=4)
+        reference = run_flow(base_url, "resume", limit=16, concurrency=4, config=shared)
     assert resumed.images == reference.images == {"done": 16}
     killed_calls, killed_steps = fingerprint(killed, "resume")
     clean_calls, clean_steps = fingerprint(clean, "resume")

@@ -195,7 +195,8 @@ def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Pat
         done = subprocess.run([str(Path(sys.executable).parent / "seke"), "annotate", "--run", "cli-batch", "--limit", "3",
                                "--batch", "--batch-poll-s", "0"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "round 1: 6 requests for 3 images in 1 batch(es)" in done.stdout
+    # Shared prefill (the CLI's default): each image's two first samples are one line asking n=2 choices.
+    assert "round 1: 3 requests for 3 images in 1 batch(es)" in done.stdout
     files = subprocess.run([str(Path(sys.executable).parent / "seke"), "batch", "export-round", "cli-files", "--limit", "2",
                             "--out", str(tmp_path / "in.jsonl")], env=env, capture_output=True, text=True, timeout=300)
     assert files.returncode == 0, files.stdout[-2000:] + files.stderr[-3000:]

@@ -47,7 +47,10 @@ def environment(settings: Settings, base_url: str, **extra: str) -> dict[str, st
 
 
 def annotate(env: dict[str, str], *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "seke", "annotate", *(args if "--run" in args else ("--run", "shared", *args))]
+    # One request per call row (no n-choice requests): the paid-versus-stored counts below compare the two.
+    command = [
+        sys.executable, "-m", "seke", "annotate", "--no-shared-prefill", *(args if "--run" in args else ("--run", "shared", *args))
+    ]  # fmt: skip
     # A session of its own: a Ctrl-C can be sent to its process group, as a terminal does.
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

@@ -88,7 +88,9 @@ def test_resume_after_sigkill_pays_again_at_most_in_flight_plus_buffer_rows(
             "SEKE_WRITE_BUFFER_MS": "600000",
             "PREFECT_API_URL": PREFECT_API_URL.value(),
         }
-        command = [sys.executable, "-m", "seke", "annotate", "--run", "kill", "--limit", "16", "--concurrency", str(CONCURRENCY)]
+        # One request per call row (no n-choice requests): paid requests are compared with stored rows below.
+        command = [sys.executable, "-m", "seke", "annotate", "--no-shared-prefill", "--run", "kill", "--limit", "16",
+                   "--concurrency", str(CONCURRENCY)]  # fmt: skip
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         # Every call in flight has reached the server (and is counted) once all the coroutines wait there.
         wait_until(lambda: simulator_stats(base_url)["held"] == CONCURRENCY, "every coroutine waiting at the gate", [process])
