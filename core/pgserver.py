@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.errors import ConfigurationError
+
 SOCKET_NAME = ".s.PGSQL.5432"
 #: sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
 MAX_SOCKET_PATH = 100
@@ -38,8 +40,8 @@ SERVER_USER_AS_ROOT = "embedded_postgres"
 SUPERUSER = "postgres"
 
 
-class EmbeddedServerError(RuntimeError):
-    pass
+class EmbeddedServerError(ConfigurationError, RuntimeError):
+    """The embedded PostgreSQL cannot start here as configured (the message says what to change)."""
 
 
 def _quiet_import() -> None:

@@ -16,6 +16,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from core.config import Settings
+from core.errors import SekeError
 
 
 def image_key(sha256: str, fmt: str) -> str:
@@ -23,8 +24,8 @@ def image_key(sha256: str, fmt: str) -> str:
     return f"images/{sha256[:2]}/{sha256}.{fmt.lower()}"
 
 
-class StoreError(RuntimeError):
-    pass
+class StoreError(SekeError, RuntimeError):
+    """The object store refused or could not serve a request."""
 
 
 def check_key(key: str) -> str:

@@ -1,5 +1,5 @@
 """`python -m seke` runs the CLI."""
 
-from seke.cli import app
+from seke.cli import main
 
-app()
+main()

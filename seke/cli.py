@@ -48,6 +48,7 @@ app.add_typer(images_app, name="images")
 app.add_typer(store_app, name="store")
 
 console = Console()
+errors = Console(stderr=True)  # "error: ..." lines: the terminal's stderr, apart from reports and progress
 #: --verbose: Prefect's own logs on the console too (they always go to the API and <state_dir>/logs/prefect.log).
 _verbose = False
 
@@ -63,6 +64,16 @@ def _main(
     import signal
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def main() -> None:
+    """The `seke` command: errors a user can fix end in one message, bugs in a traceback (seke/errors.py)."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 (every error ends here, in one of two ways)
+        from seke.errors import report
+
+        sys.exit(report(exc, verbose=_verbose))
 
 
 def _valid_name(value: str | None) -> str | None:
@@ -443,15 +454,25 @@ def annotate(
         console.print(f"[red]run {run!r} failed:[/red] {result}")
         raise typer.Exit(1)
     _print_report(result)
+    failed = result.images.get("failed", 0)
+    if failed and result.first_failure:
+        errors.print(
+            f"[red]error:[/red] {failed} of {sum(result.images.values())} images failed; one of them: "
+            f"{escape(result.first_failure)}",
+            highlight=False,
+        )
     if result.status == RunStatus.STOPPED:
         images = result.images
         console.print(
             f"[yellow]run {run!r} stopped ({result.stop_reason}): {images.get('done', 0)} of "
             f"{sum(images.values())} images done; resume with `seke annotate --run {run}`[/yellow]"
         )
-        # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel; 0 for a budget (it did what was asked).
+        # 130 for an interrupt, as a shell reports Ctrl-C; 1 for a cancel or failed images; 0 for a budget
+        # (it did what was asked).
         reason = result.stop_reason or ""
-        raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") else 0)
+        raise typer.Exit(130 if reason.startswith("interrupted") else 1 if reason.startswith("cancelled") or failed else 0)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _annotate_batch(

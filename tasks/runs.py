@@ -11,14 +11,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
 
+from core.errors import ConfigurationError
 from models.labels import Split
 from models.orm import Image, Run, RunCallTotal, RunImage, UAMCStep, VLLMCall
 from models.vocab import ImageStatus, RunStatus
 from tasks.config import AnnotateConfig
 
 
-class RunConfigMismatch(ValueError):
-    pass
+class RunConfigMismatch(ConfigurationError, ValueError):
+    """A run resumed with other settings than it was created with."""
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -177,6 +178,7 @@ class RunReport(BaseModel):
     samples_histogram: dict[int, int] = Field(default_factory=dict)
     mean_uncertainty: dict[str, float] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict)
+    first_failure: str | None = None  # one failed image's whole reason, for the message a user acts on
 
 
 def simulated(run: Run) -> bool:
@@ -237,11 +239,16 @@ def run_report(session: Session, run_id: int) -> RunReport:
             sums[task] += value
             counts[task] += 1
     report.mean_uncertainty = {task: sums[task] / counts[task] for task in sorted(counts)}
-    reasons = session.scalars(
-        select(RunImage.failure_reason).where(RunImage.run_id == run_id, RunImage.status == ImageStatus.FAILED)
-    )
+    reasons = [
+        reason
+        for reason in session.scalars(
+            select(RunImage.failure_reason).where(RunImage.run_id == run_id, RunImage.status == ImageStatus.FAILED)
+        )
+        if reason
+    ]
     # Group by the reason's head: the part before the first ':' names the failing stage / cause.
-    report.failures = dict(Counter(reason.split(":")[0] for reason in reasons if reason).most_common())
+    report.failures = dict(Counter(reason.split(":")[0] for reason in reasons).most_common())
+    report.first_failure = reasons[0] if reasons else None
     return report
 
 

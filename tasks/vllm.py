@@ -174,7 +174,7 @@ class TransientCallError(RuntimeError):
     def __init__(self, attempts: int, last_error: str) -> None:
         super().__init__(
             f"gave up after {attempts} attempts on transient failures (last: {last_error}); the endpoint is "
-            "overloaded or unreachable: retry the image later, or lower concurrency / requests_per_minute"
+            "overloaded or unreachable: check SEKE_VLLM_BASE_URL, retry the image later, or lower concurrency / requests_per_minute"
         )
         self.attempts = attempts
         self.last_error = last_error
