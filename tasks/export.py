@@ -34,13 +34,14 @@ from sqlalchemy.orm import Session
 from models.labels import ACTION_UNITS
 from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
 from models.vocab import ImageStatus, Stage
+from core.errors import SekeError
 from core.store import ObjectStore, upload_dir
 from core.version import code_version
 from tasks.runs import simulated
 
 
-class ExportError(ValueError):
-    pass
+class ExportError(SekeError, ValueError):
+    """The run cannot be exported as asked (the message says why)."""
 
 
 def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:

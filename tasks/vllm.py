@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from models.answers import extract_json_object, json_schema_for
 from core.config import Settings
+from core.errors import SekeError
 from core.redact import redact_url
 from tasks.prices import Prices, cached_share
 from tasks.prompts import REWRITE_STAGE, SAMPLE_STAGE, SUMMARY_STAGE, RenderedPrompt
@@ -168,7 +169,7 @@ class CallResult:
     tokens_cached: int = 0  # of tokens_in, served from the provider's prompt cache (billed at the cached rate)
 
 
-class TransientCallError(RuntimeError):
+class TransientCallError(SekeError, RuntimeError):
     """Transient failures used up every attempt; the image can be retried later."""
 
     def __init__(self, attempts: int, last_error: str) -> None:
@@ -180,7 +181,7 @@ class TransientCallError(RuntimeError):
         self.last_error = last_error
 
 
-class PermanentCallError(RuntimeError):
+class PermanentCallError(SekeError, RuntimeError):
     """The endpoint refused the request in a way retrying cannot fix."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
