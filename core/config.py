@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     )
     tokens_per_minute: int | None = Field(
         default=None, gt=0, description="The endpoint's token rate cap, shared by all workers of a run (unset: see tasks/vllm.py HOSTED_RATE_LIMITS)."
+    )
+    vllm_service_tier: Literal["auto", "default", "flex", "priority"] | None = Field(
+        default=None,
+        description="OpenAI's service_tier, sent when set: flex is billed at Batch API rates (about half) with slower, "
+        "interruptible answers, for the models that offer it; set SEKE_PRICE_* to its rates.",
     )
     vllm_max_attempts: int = Field(default=6, ge=1, description="Attempts per call on transient failures (429, 5xx, timeouts).")
     vllm_backoff_base_s: float = Field(default=1.0, gt=0, description="First retry backoff ceiling; doubles per attempt.")

@@ -81,6 +81,7 @@ class VLLMConfig(BaseModel):
     structured_output: bool = Field(
         default=True, description="Send response_format json_schema; turn off for endpoints without it."
     )
+    service_tier: str | None = Field(default=None, description="OpenAI's service_tier (e.g. flex), sent when set.")
     prompt_cache_key: bool = Field(
         default=True, description="Cached prompt layout: send prompt_cache_key (one per image); off for endpoints that refuse it."
     )
@@ -129,6 +130,7 @@ class VLLMConfig(BaseModel):
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
             max_attempts=settings.vllm_max_attempts,
+            service_tier=settings.vllm_service_tier,
             backoff_base_s=settings.vllm_backoff_base_s,
             price_in_per_mtok=settings.price_in_per_mtok,
             price_out_per_mtok=settings.price_out_per_mtok,
@@ -427,6 +429,8 @@ class _ClientBase:
         }
         if seed is not None:
             params["seed"] = seed
+        if self.config.service_tier is not None:
+            params["service_tier"] = record["service_tier"] = self.config.service_tier
         if n > 1:  # the prompt is billed once, the completion tokens per choice
             params["n"] = record["n"] = n
         if prompt.system is not None and image is not None and self.config.prompt_cache_key:

@@ -205,3 +205,12 @@ def test_rewrite_call_returns_an_answer(url: str) -> None:
             "rewrite", prompt, image=face_png(), answer_model=RewriteAnswer, temperature=0.7, seed=5, max_tokens=600
         )
     assert result.valid and "surprise" in (result.parsed or {})["answer"]
+
+
+def test_a_service_tier_is_sent_only_when_set_and_recorded(url: str) -> None:
+    with client_for(url, service_tier="flex") as client:
+        flex = sample(client)
+    with client_for(url) as client:
+        standard = sample(client)
+    assert flex.valid and flex.request_params["service_tier"] == "flex"
+    assert "service_tier" not in standard.request_params
