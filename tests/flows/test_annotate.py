@@ -31,13 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings of a freshly prepared database, also exported to the environment the flow reads."""
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
-
 
 def run_flow(base_url: str, run_name: str, concurrency: int = 8, **kwargs):
     from flows.annotate import annotate_flow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -11,16 +10,9 @@ from core.config import Settings
 from core.db import session_scope
 from models.orm import Run, VLLMCall
 from simulator.server import SimulatorConfig, running_simulator
-from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
 
 
 def test_a_dotted_run_name_completes_with_its_artifacts(fresh: Settings) -> None:

@@ -15,7 +15,6 @@ from core.config import Settings
 from core.db import session_scope
 from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
-from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -31,12 +30,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_demo_data(root, n=80, seed=21)
     return root
 
-
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
 
 
 def test_pipeline_records_lineage_and_reruns_without_redoing_work(fresh: Settings) -> None:

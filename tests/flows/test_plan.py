@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,6 @@ from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
 from tasks.plan import Range, expected_samples, pilot_images
 from tasks.uamc import UAMCConfig
-from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -32,12 +30,6 @@ def test_pilot_images_spread_over_the_strata() -> None:
     assert len(chosen) == 5 and sum(i < 60 for i in chosen) == 3  # in proportion: 60% and 40%
     assert pilot_images(au_only[:2], 5) == [0, 1]
 
-
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
 
 
 def test_plan_is_within_15_percent_of_a_simulator_run_of_the_same_images(fresh: Settings) -> None:

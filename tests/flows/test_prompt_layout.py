@@ -8,7 +8,6 @@ seeds of the same layout do; how wording moves a real model's labels is for a re
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -19,16 +18,9 @@ from models.orm import Annotation, Image, Prompt, Run, VLLMCall
 from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
 from tests.flows.test_annotate import run_flow
-from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
 
 
 def labels(settings: Settings, run_name: str) -> list[tuple]:

@@ -5,36 +5,18 @@ prefill is tests/flows/test_annotate.py::test_sigkilled_run_resumes_to_exactly_t
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-
 from core.config import Settings
 from simulator.server import SimulatorConfig, running_simulator
 from tasks.annotate import AnnotateConfig
 from tests.flows.test_annotate import run_flow
-from tests.helpers import prepared_settings, simulator_stats, use
+from tests.flows.test_workers import query as rows
+from tests.helpers import simulator_stats
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 IMAGES = 16
 
-
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
-
-
-def rows(settings: Settings, sql: str) -> list[tuple]:
-    from sqlalchemy import create_engine
-
-    engine = create_engine(settings.database_url.get_secret_value())
-    with engine.connect() as connection:
-        result = [tuple(row) for row in connection.execute(text(sql))]
-    engine.dispose()
-    return result
 
 
 PER_RUN = """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -13,7 +12,6 @@ from core.db import session_scope
 from core.redact import redact_text, redact_url
 from models.orm import Run, RunImage, VLLMCall
 from simulator.server import SimulatorConfig, running_simulator
-from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -36,12 +34,6 @@ def test_redact_text_finds_urls_in_messages() -> None:
     text = "http://k:SECRET@h:1/v1?token=SECRET2 (model 'x') refused the request"
     assert "SECRET" not in redact_text(text) and "(model 'x') refused" in redact_text(text)
 
-
-@pytest.fixture
-def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    return settings
 
 
 def _prefect_texts() -> str:
