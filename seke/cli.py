@@ -512,7 +512,7 @@ def _print_plan(plan, batch=None) -> None:
 
     table = Table(show_header=False, title=f"plan: {plan.images} images ({plan.images_to_sample} to sample), from {plan.basis}")
     table.add_row("calls", span(plan.calls, "{:,.0f}"))
-    table.add_row("tokens in", span(plan.tokens_in, "{:,.0f}"))
+    table.add_row("tokens in", span(plan.tokens_in, "{:,.0f}") + f"  (of which {span(plan.tokens_cached, '{:,.0f}')} cached)")
     table.add_row("tokens out", span(plan.tokens_out, "{:,.0f}"))
     table.add_row("cost", span(plan.cost_usd, "${:,.2f}"))
     table.add_row("wall time", f"{hours(plan.wall_s.low)} – {hours(plan.wall_s.high)}")
@@ -521,7 +521,8 @@ def _print_plan(plan, batch=None) -> None:
 
         factor, uamc = batch
         rounds = uamc.max_samples - initial_samples(uamc) + 3 if uamc.enabled else 3
-        table.add_row("cost with --batch", span(plan.cost_usd.times(factor), "${:,.2f}"))
+        # No cache discount inside the Batch API before GPT-5: the batch price of the uncached cost.
+        table.add_row("cost with --batch", span(plan.cost_usd_uncached.times(factor), "${:,.2f}"))
         table.add_row("time with --batch", f"up to {rounds} rounds, each within the batch completion window (24 h)")
     console.print(table)
     for note in plan.notes:

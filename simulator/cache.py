@@ -26,8 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-MIN_TOKENS = 1024
-STEP = 128
+from tasks.prices import CACHE_MIN_TOKENS, CACHE_STEP
+
+MIN_TOKENS = CACHE_MIN_TOKENS
+STEP = CACHE_STEP
 CHARS_PER_TOKEN = 4  # tasks/vllm.py estimate_text_tokens
 _PRUNE_EVERY = 10_000  # stored boundaries between sweeps of expired ones
 

@@ -8,7 +8,11 @@ Two bases:
   then one summary call and, unless the rewrite is off, one rewrite call. Input
   tokens of the sample prompts are counted from the prompts themselves and the
   images' sizes; everything the model writes is bounded by a small answer and
-  by the stage's max_tokens, so the token and dollar ranges are wide.
+  by the stage's max_tokens, so the token and dollar ranges are wide. Cached
+  input tokens: UAMC's later samples of an image repeat its sample prompt
+  exactly, so a provider's prefix cache serves each of them the prompt's last
+  cacheable boundary (none under 1024 tokens, tasks/prices.py); nothing else is
+  counted as cached (the stages' answer schemas differ, and images differ).
 - **A pilot** of K images annotated for real on the configured endpoint (a run
   of its own, `<run>-pilot`, paid like any other): calls per image and tokens
   per call of each stage as measured there, extrapolated to the run's images
@@ -36,6 +40,7 @@ from models.vocab import ImageStatus
 from tasks.annotate import AnnotateConfig
 from tasks.prompts import prior_prompt, rewrite_prompt
 from tasks.uamc import initial_samples
+from tasks.prices import cacheable_tokens
 from tasks.vllm import VLLMConfig, estimate_text_tokens, image_tokens, uncapped
 
 STAGES = ("sample", "summary", "rewrite")
@@ -69,7 +74,7 @@ class PlannedImage:
 
     image_id: int
     missing: tuple[Task, ...]
-    sample_tokens_in: int
+    sample_tokens_in: int  # the whole sample prompt: system text (cached layout), text and image
     image_tokens: int
 
 
@@ -81,6 +86,7 @@ class PilotImage:
     calls: int
     tokens_in: int
     tokens_out: int
+    tokens_cached: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Plan:
     tokens_out: Range
     cost_usd: Range
     wall_s: Range
+    tokens_cached: Range = Range(0, 0)  # of tokens_in
+    cost_usd_uncached: Range = Range(0, 0)  # the cost had no token been cached (what the Batch API bills before GPT-5)
     notes: list[str] = field(default_factory=list)
 
 
@@ -148,7 +156,10 @@ def planned_images(session: Session, image_ids: Sequence[int], config: AnnotateC
         known = FaceLabels.from_field_values(labels[image_id])
         missing = tuple(known.missing_tasks())
         pixels = image_tokens(*_sent_size(image.width, image.height, vllm.image_max_side))
-        text = estimate_text_tokens(prior_prompt(known, missing, use_prior=config.use_prior).text) if missing else 0
+        text = 0
+        if missing:
+            prompt = prior_prompt(known, missing, use_prior=config.use_prior, layout=config.prompt_layout)
+            text = estimate_text_tokens(prompt.text) + (estimate_text_tokens(prompt.system.text) if prompt.system else 0)
         planned.append(PlannedImage(image_id, missing, text + pixels if missing else 0, pixels))
     return planned
 
@@ -171,7 +182,9 @@ def _minimal_answer_tokens(model) -> int:
 def law_plan(images: Sequence[PlannedImage], config: AnnotateConfig, vllm: VLLMConfig, concurrency: int) -> Plan:
     samples = expected_samples(config)
     rewrite = 1 if config.rewrite_with_llm else 0
-    calls = tokens_in = tokens_out = Range(0, 0)
+    calls = tokens_in = tokens_out = tokens_cached = Range(0, 0)
+    # Samples asked by the image's first sample request: the later ones repeat its prompt exactly.
+    first_request = initial_samples(config.uamc) if config.shared_prefill else 1
     rewrite_text = estimate_text_tokens(rewrite_prompt("?", FaceLabels(), "").text)
     for image in images:
         n = samples if image.missing else Range(0, 0)
@@ -192,7 +205,11 @@ def law_plan(images: Sequence[PlannedImage], config: AnnotateConfig, vllm: VLLMC
         shared = initial_samples(config.uamc) - 1 if config.shared_prefill and image.missing else 0
         tokens_in = tokens_in + (n + Range(-shared, -shared)).times(image.sample_tokens_in) + summary_in + rewrite_in
         tokens_out = tokens_out + Range(n.low * sample_out.low, n.high * sample_out.high) + summary_out + rewrite_out
-    plan = _priced(images, "UAMC's law", calls, tokens_in, tokens_out, vllm, concurrency, ASSUMED_LATENCY_S)
+        repeats = Range(max(0.0, n.low - first_request), max(0.0, n.high - first_request))
+        # The prompt's size is an estimate (~4 characters a token): ±10 % around the 1024-token threshold.
+        cacheable = Range(cacheable_tokens(int(0.9 * image.sample_tokens_in)), cacheable_tokens(int(1.1 * image.sample_tokens_in)))
+        tokens_cached = tokens_cached + Range(repeats.low * cacheable.low, repeats.high * cacheable.high)
+    plan = _priced(images, "UAMC's law", calls, tokens_in, tokens_out, vllm, concurrency, ASSUMED_LATENCY_S, tokens_cached)
     plan.notes.append(
         f"samples per image {samples.low:g}–{samples.high:g} (answers agreeing … UAMC's cap N); output tokens "
         "between a minimal answer and each stage's max_tokens; latency assumed "
@@ -209,16 +226,18 @@ def law_plan(images: Sequence[PlannedImage], config: AnnotateConfig, vllm: VLLMC
 def measured_profile(session: Session, run_id: int) -> Profile:
     """Calls and tokens per image of a (pilot) run, and its calls' mean latency."""
     rows = session.execute(
-        select(VLLMCall.image_id, VLLMCall.tokens_in, VLLMCall.tokens_out, VLLMCall.latency_s).where(VLLMCall.run_id == run_id)
+        select(VLLMCall.image_id, VLLMCall.tokens_in, VLLMCall.tokens_out, VLLMCall.tokens_cached, VLLMCall.latency_s)
+        .where(VLLMCall.run_id == run_id)
     ).all()
     if not rows:
         raise ValueError("the pilot made no calls: nothing to measure")
-    totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for row in rows:
         total = totals[row.image_id]
         total[0] += 1
         total[1] += row.tokens_in
         total[2] += row.tokens_out
+        total[3] += row.tokens_cached
     return Profile(
         images=[PilotImage(image_id, *total) for image_id, total in sorted(totals.items())],
         latency_s=statistics.fmean(row.latency_s for row in rows),
@@ -244,10 +263,11 @@ def _extrapolate(images: Sequence[PlannedImage], measured: dict[int, float]) -> 
 def pilot_plan(images: Sequence[PlannedImage], profile: Profile, vllm: VLLMConfig, concurrency: int) -> Plan:
     calls = _extrapolate(images, {p.image_id: p.calls for p in profile.images})
     tokens_in = _extrapolate(images, {p.image_id: p.tokens_in for p in profile.images})
+    tokens_cached = _extrapolate(images, {p.image_id: p.tokens_cached for p in profile.images})
     tokens_out = _extrapolate(images, {p.image_id: p.tokens_out for p in profile.images})
     plan = _priced(
         images, f"a pilot of {len(profile.images)} images", calls, tokens_in, tokens_out, vllm, concurrency,
-        (profile.latency_s, profile.latency_s),
+        (profile.latency_s, profile.latency_s), tokens_cached,
     )  # fmt: skip
     k = len(profile.images)
     plan.notes.append(
@@ -267,9 +287,10 @@ def _priced(
     vllm: VLLMConfig,
     concurrency: int,
     latency_s: tuple[float, float],
+    tokens_cached: Range = Range(0, 0),
 ) -> Plan:
-    def dollars(t_in: float, t_out: float) -> float:
-        return (t_in * vllm.price_in_per_mtok + t_out * vllm.price_out_per_mtok) / 1e6
+    def dollars(t_in: float, t_out: float, t_cached: float = 0.0) -> float:
+        return vllm.prices.cost_usd(t_in, t_cached, t_out)  # type: ignore[arg-type]
 
     # An unset cap (a self-hosted endpoint's default) does not bound the wall time.
     rpm, tpm = uncapped(vllm.requests_per_minute), uncapped(vllm.tokens_per_minute)
@@ -296,7 +317,11 @@ def _priced(
         calls=calls,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
-        cost_usd=Range(dollars(tokens_in.low, tokens_out.low), dollars(tokens_in.high, tokens_out.high)),
+        tokens_cached=tokens_cached,
+        cost_usd=Range(
+            dollars(tokens_in.low, tokens_out.low, tokens_cached.low), dollars(tokens_in.high, tokens_out.high, tokens_cached.high)
+        ),
+        cost_usd_uncached=Range(dollars(tokens_in.low, tokens_out.low), dollars(tokens_in.high, tokens_out.high)),
         wall_s=Range(
             wall(calls.low, tokens_in.low + tokens_out.low, latency_s[0]),
             wall(calls.high, tokens_in.high + tokens_out.high, latency_s[1]),

@@ -13,6 +13,18 @@ import re
 from dataclasses import dataclass
 
 
+#: OpenAI's automatic prompt cache: a prefix is served from 1024 tokens on, in steps of 128.
+CACHE_MIN_TOKENS = 1024
+CACHE_STEP = 128
+
+
+def cacheable_tokens(prefix_tokens: int) -> int:
+    """The cached tokens a repeat of a `prefix_tokens`-long prefix can get: its last boundary, or 0."""
+    if prefix_tokens < CACHE_MIN_TOKENS:
+        return 0
+    return CACHE_MIN_TOKENS + (prefix_tokens - CACHE_MIN_TOKENS) // CACHE_STEP * CACHE_STEP
+
+
 @dataclass(frozen=True)
 class Prices:
     """USD per million tokens."""
