@@ -2,6 +2,7 @@
 
     python bench/uamc_vs_fixed.py                    # demo data n=600 (its FEID split), prior on
     python bench/uamc_vs_fixed.py --demo-images 3000 --seed 1
+    python bench/uamc_vs_fixed.py --prompt-layout cached   # the same comparison in the cached prompt layout
 
 Both runs annotate the same FEID images of the demo data (tasks.demo_data:
 each source's real label availability, so images lack different
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=5, help="N for both policies")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="demo data and run seed")
+    parser.add_argument("--prompt-layout", choices=("paper", "cached"), default="paper", help="tasks/prompts.py")
     parser.add_argument("--normaliser", choices=("fixed", "attainable"), default="fixed", help="UAMC's uncertainty normaliser")
     args = parser.parse_args()
     os.environ["SEKE_REQUESTS_PER_MINUTE"] = str(10**9)  # loopback: the tier limits are not what is measured
@@ -176,7 +178,9 @@ def main() -> None:
         with simulator_process(0.0) as simulator:
             for k, (label, uamc) in enumerate(policies.items()):
                 run_name = f"bench-policy-{k}"
-                config = AnnotateConfig(seed=args.seed, use_prior=True, uamc=uamc, rewrite_with_llm=False)
+                config = AnnotateConfig(
+                    seed=args.seed, use_prior=True, uamc=uamc, rewrite_with_llm=False, prompt_layout=args.prompt_layout
+                )
                 started = time.perf_counter()
                 annotate_without_prefect(
                     settings, run_name, simulator.base_url, simulator.model, config, args.concurrency, image_ids=image_ids
