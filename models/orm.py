@@ -182,7 +182,9 @@ class RunImage(Base):
     __tablename__ = "run_images"
     __table_args__ = (
         Index("ix_run_images_run_status", "run_id", "status"),
-        Index("ix_run_images_claimable", "run_id", "image_id", postgresql_where=text("status IN ('pending', 'sampling')")),
+        Index(
+            "ix_run_images_claimable", "run_id", "image_id", postgresql_where=text("status IN ('pending', 'sampling')")
+        ),
         CheckConstraint(sql_in("status", ImageStatus), name="status_value"),
     )
 
