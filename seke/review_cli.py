@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,3 +40,26 @@ def queue(
             str(item.image_id), item.source, item.field, str(item.value), u, str(item.call_id), str(len(item.flags))
         )
     console.print(table)
+
+
+@review_app.command("export")
+def export(
+    run: Annotated[str, typer.Argument(help="Run name.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for config.xml and tasks.json.")],
+    to: Annotated[str, typer.Option("--to", help="label-studio")] = "label-studio",
+) -> None:
+    """Write a run's generated labels as review tasks for Label Studio."""
+    from core.config import get_settings
+    from core.db import session_scope
+    from core.store import open_store
+    from tasks.review_export import export_label_studio
+
+    if to != "label-studio":
+        raise typer.BadParameter(f"unsupported --to {to!r}; expected label-studio")
+    settings = get_settings()
+    with session_scope(settings) as session:
+        try:
+            config, tasks = export_label_studio(session, open_store(settings), run, out_dir)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+    console.print(f"wrote {config} and {tasks}")

@@ -69,18 +69,18 @@ def label_studio_tasks(session: Session, store: ObjectStore, run_name: str) -> l
         images[image.id] = image
     version = f"{run_name}/{SUMMARY_TEMPLATE[0]}-v{SUMMARY_TEMPLATE[1]}"
     tasks = []
-    for image_id, annotations in by_image.items():
+    for image_id, fields in by_image.items():
         result: list[dict[str, Any]] = []
-        aus = [a.field for a in annotations if a.field in ACTION_UNITS and a.value_bool]
-        for a in annotations:
+        aus = [a.field for a in fields if a.field in ACTION_UNITS and a.value_bool]
+        for a in fields:
             if a.field == "expression":
                 result.append(_result("expression", "choices", {"choices": [a.value_text]}))
             elif a.field in ("valence", "arousal"):
                 result.append(_result(a.field, "number", {"number": a.value_number}))
-        if any(a.field in ACTION_UNITS for a in annotations):
+        if any(a.field in ACTION_UNITS for a in fields):
             result.append(_result("aus", "choices", {"choices": aus}))
-        uncertainty = max((a.uncertainty for a in annotations if a.uncertainty is not None), default=0.0)
-        calls = {a.field: a.summary_call_id for a in annotations}
+        uncertainty = max((a.uncertainty for a in fields if a.uncertainty is not None), default=0.0)
+        calls = {a.field: a.summary_call_id for a in fields}
         tasks.append(
             {
                 "data": {

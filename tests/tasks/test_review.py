@@ -61,3 +61,34 @@ def test_queue_orders_by_uncertainty_filters_and_skips_reviewed(annotated: Setti
             review_queue(session, "missing", 5)
         with pytest.raises(ValueError, match="unknown field group"):
             review_queue(session, "v1", 5, field_group="mouth")
+
+
+def test_label_studio_export_has_config_and_predictions(annotated: Settings, tmp_path: Path) -> None:
+    import json
+    import xml.etree.ElementTree as ET
+
+    from core.store import open_store
+    from tasks.review_export import export_label_studio
+
+    with session_scope(annotated) as session:
+        config, tasks_file = export_label_studio(session, open_store(annotated), "v1", tmp_path / "ls")
+    root = ET.fromstring(config.read_text())
+    names = {el.get("name"): el.tag for el in root}
+    assert names == {
+        "image": "Image",
+        "expression": "Choices",
+        "aus": "Choices",
+        "valence": "Number",
+        "arousal": "Number",
+        "description": "TextArea",
+    }
+    assert root.find("Choices[@name='aus']").get("choice") == "multiple"
+    tasks = json.loads(tasks_file.read_text())
+    assert tasks
+    for task in tasks:
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"].startswith("v1/")
+        assert prediction["score"] == pytest.approx(1 - task["data"]["uncertainty"])
+        kinds = {r["from_name"]: r["type"] for r in prediction["result"]}
+        assert kinds.get("expression") == "choices" and kinds.get("valence") == "number"
+        assert task["data"]["image"]
