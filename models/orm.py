@@ -182,7 +182,9 @@ class RunImage(Base):
     __tablename__ = "run_images"
     __table_args__ = (
         Index("ix_run_images_run_status", "run_id", "status"),
-        Index("ix_run_images_claimable", "run_id", "image_id", postgresql_where=text("status IN ('pending', 'sampling')")),
+        Index(
+            "ix_run_images_claimable", "run_id", "image_id", postgresql_where=text("status IN ('pending', 'sampling')")
+        ),
         CheckConstraint(sql_in("status", ImageStatus), name="status_value"),
     )
 
@@ -317,6 +319,28 @@ class Annotation(LabelValueMixin, Base):
     uncertainty: Mapped[float | None] = mapped_column(Float)
     samples_used: Mapped[int | None]
     created_at: Mapped[dt.datetime] = _now()
+
+
+class Review(Base):
+    """A person's decision on one generated field (migration 0010); `call_id` is the reviewed summary call."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        UniqueConstraint("run_id", "image_id", "field"),
+        CheckConstraint("decision IN ('accept', 'correct', 'reject')", name="decision_value"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    field: Mapped[str] = mapped_column(String(16))
+    model_value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    uncertainty: Mapped[float | None] = mapped_column(Float)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(16))
+    corrected_value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("vllm_calls.id"))
+    reviewed_at: Mapped[dt.datetime] = _now()
 
 
 class RunCallTotal(Base):

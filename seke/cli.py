@@ -29,6 +29,7 @@ from rich.text import Text
 from core.config import Settings, get_settings
 from models.vocab import RunStatus
 from tasks.importers import IMPORTERS
+from seke.review_cli import review_app
 
 if TYPE_CHECKING:
     from flows.benchmark import BenchmarkResult
@@ -46,6 +47,7 @@ store_app = typer.Typer(help="The object store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(images_app, name="images")
 app.add_typer(store_app, name="store")
+app.add_typer(review_app, name="review")
 
 console = Console()
 errors = Console(stderr=True)  # "error: ..." lines: the terminal's stderr, apart from reports and progress

@@ -1,0 +1,65 @@
+"""`seke review ...`: the human review queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+review_app = typer.Typer(help="Human review of generated labels.", no_args_is_help=True)
+console = Console()
+
+
+@review_app.command("queue")
+def queue(
+    run: Annotated[str, typer.Argument(help="Run name.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="How many fields to list.")] = 20,
+    field: Annotated[str | None, typer.Option("--field", help="expression, va or aus.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Only images of this dataset.")] = None,
+    inconsistent: Annotated[
+        bool, typer.Option("--inconsistent", help="Only images with knowledge-consistency flags.")
+    ] = False,
+) -> None:
+    """The run's unreviewed generated fields, most uncertain first."""
+    from core.config import get_settings
+    from core.db import session_scope
+    from tasks.review import review_queue
+
+    with session_scope(get_settings()) as session:
+        try:
+            items = review_queue(session, run, top, field_group=field, source=source, inconsistent=inconsistent)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+    table = Table("image", "source", "field", "value", "uncertainty", "call", "flags")
+    for item in items:
+        u = "" if item.uncertainty is None else f"{item.uncertainty:.3f}"
+        table.add_row(
+            str(item.image_id), item.source, item.field, str(item.value), u, str(item.call_id), str(len(item.flags))
+        )
+    console.print(table)
+
+
+@review_app.command("export")
+def export(
+    run: Annotated[str, typer.Argument(help="Run name.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for config.xml and tasks.json.")],
+    to: Annotated[str, typer.Option("--to", help="label-studio")] = "label-studio",
+) -> None:
+    """Write a run's generated labels as review tasks for Label Studio."""
+    from core.config import get_settings
+    from core.db import session_scope
+    from core.store import open_store
+    from tasks.review_export import export_label_studio
+
+    if to != "label-studio":
+        raise typer.BadParameter(f"unsupported --to {to!r}; expected label-studio")
+    settings = get_settings()
+    with session_scope(settings) as session:
+        try:
+            config, tasks = export_label_studio(session, open_store(settings), run, out_dir)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+    console.print(f"wrote {config} and {tasks}")

@@ -1,0 +1,97 @@
+"""The review queue on a real run: simulator over HTTP, real Postgres (migration 0010's view)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from core.db import session_scope
+from models.labels import ACTION_UNITS
+from models.orm import Review, Run
+from simulator.server import SimulatorConfig, running_simulator
+from tasks.review import review_queue
+from tests.helpers import prepared_settings, use
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def annotated(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    from flows.annotate import annotate_flow
+
+    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
+    use(settings, monkeypatch)
+    with running_simulator(SimulatorConfig()) as base_url:
+        annotate_flow(run_name="v1", base_url=base_url, model="seke-simulator", concurrency=4, limit=8)
+    return settings
+
+
+def test_queue_orders_by_uncertainty_filters_and_skips_reviewed(annotated: Settings) -> None:
+    with session_scope(annotated) as session:
+        items = review_queue(session, "v1", top=1000)
+        assert items
+        known = [i.uncertainty for i in items if i.uncertainty is not None]
+        assert known == sorted(known, reverse=True)
+        assert {i.field for i in review_queue(session, "v1", 1000, field_group="va")} <= {"valence", "arousal"}
+        assert {i.field for i in review_queue(session, "v1", 1000, field_group="aus")} <= set(ACTION_UNITS)
+        assert all(i.flags for i in review_queue(session, "v1", 1000, inconsistent=True))
+        assert review_queue(session, "v1", 1000, source="no-such-dataset") == []
+        assert len(review_queue(session, "v1", 3)) == 3
+        first = items[0]
+        run_id = session.query(Run.id).filter(Run.name == "v1").scalar()
+        session.add(
+            Review(
+                run_id=run_id,
+                image_id=first.image_id,
+                field=first.field,
+                model_value=first.value,
+                uncertainty=first.uncertainty,
+                reviewer="ann",
+                decision="accept",
+                call_id=first.call_id,
+            )
+        )
+        session.flush()
+        after = review_queue(session, "v1", top=1000)
+        assert (first.image_id, first.field) not in {(i.image_id, i.field) for i in after}
+        assert len(after) == len(items) - 1
+        with pytest.raises(ValueError, match="no run named"):
+            review_queue(session, "missing", 5)
+        with pytest.raises(ValueError, match="unknown field group"):
+            review_queue(session, "v1", 5, field_group="mouth")
+
+
+def test_label_studio_export_has_config_and_predictions(annotated: Settings, tmp_path: Path) -> None:
+    import json
+    import xml.etree.ElementTree as ET
+
+    from core.store import open_store
+    from tasks.review_export import export_label_studio
+
+    with session_scope(annotated) as session:
+        config, tasks_file = export_label_studio(session, open_store(annotated), "v1", tmp_path / "ls")
+    root = ET.fromstring(config.read_text())
+    names = {el.get("name"): el.tag for el in root}
+    assert names == {
+        "image": "Image",
+        "expression": "Choices",
+        "aus": "Choices",
+        "valence": "Number",
+        "arousal": "Number",
+        "description": "TextArea",
+    }
+    assert root.find("Choices[@name='aus']").get("choice") == "multiple"
+    tasks = json.loads(tasks_file.read_text())
+    assert tasks
+    for task in tasks:
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"].startswith("v1/")
+        assert prediction["score"] == pytest.approx(1 - task["data"]["uncertainty"])
+        # Fields a dataset labels itself are human, not predicted: only generated fields appear.
+        kinds = {r["from_name"]: r["type"] for r in prediction["result"]}
+        assert kinds and all(
+            kinds[name] == ("number" if name in ("valence", "arousal") else "choices") for name in kinds
+        )
+        assert task["data"]["image"]
