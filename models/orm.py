@@ -322,7 +322,7 @@ class Annotation(LabelValueMixin, Base):
 
 
 class Review(Base):
-    """A person's decision on one generated field (migration 0010); `call_id` is the reviewed summary call."""
+    """A person's decision on one generated field (migration 0009); `call_id` is the reviewed summary call."""
 
     __tablename__ = "reviews"
     __table_args__ = (

@@ -1,6 +1,6 @@
 """The review queue: a run's generated labels, most uncertain first (UAMC's normalised uncertainty).
 
-Reads the `review_queue` view (migration 0010), which leaves out fields already reviewed.
+Reads the `review_queue` view (migration 0009), which leaves out fields already reviewed.
 """
 
 from __future__ import annotations

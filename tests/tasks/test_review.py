@@ -1,4 +1,4 @@
-"""The review queue on a real run: simulator over HTTP, real Postgres (migration 0010's view)."""
+"""The review queue on a real run: simulator over HTTP, real Postgres (migration 0009's view)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ the corrected value, when, and the summary call whose answer was reviewed.
 `review_queue` lists a run's generated annotations not yet reviewed, most
 uncertain first, with the image's source and its knowledge-consistency flags.
 
-Revision ID: 0010
+Revision ID: 0009
 Revises: 0008
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0010"
+revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
