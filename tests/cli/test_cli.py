@@ -49,6 +49,8 @@ COMMANDS = [
     ("schedule", "delete"),
     ("batch", "export-round"),
     ("batch", "import-round"),
+    ("review", "queue"),
+    ("review", "export"),
 ]
 
 #: Enough for the tiny model to take a few steps on CPU.
