@@ -14,6 +14,13 @@ from uuid import UUID
 
 from prefect import get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 
@@ -110,6 +117,30 @@ def set_active(slug: str, active: bool, deployment: str = ANNOTATE_DEPLOYMENT) -
     with _client() as client:
         target, row = _find(client, deployment, slug)
         client.update_deployment_schedule(target.id, row.id, active=active)
+        if not active:
+            _delete_waiting_runs(client, target.id, row.id)
+
+
+def _delete_waiting_runs(client, deployment_id: UUID, schedule_id: UUID) -> None:
+    """Delete the schedule's runs that no worker has started, those already due included.
+
+    The server, on pausing, deletes only runs due in the future: a run whose start time
+    passed a moment ago, not yet picked up by a worker, would still start after the pause.
+    The scheduler names its runs by an idempotency key "scheduled <deployment> <schedule> <time>".
+    """
+    own = f"scheduled {deployment_id} {schedule_id} "
+    waiting = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+        )
+    )
+    for flow_run in waiting:
+        if flow_run.run_count == 0 and (flow_run.idempotency_key or "").startswith(own):
+            try:
+                client.delete_flow_run(flow_run.id)
+            except ObjectNotFound:  # a worker's or the server's own cleanup came first
+                pass
 
 
 def delete_schedule(slug: str, deployment: str = ANNOTATE_DEPLOYMENT) -> None:

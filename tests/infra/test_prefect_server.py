@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,18 @@ def test_scheduled_annotate_runs_through_a_worker_on_a_real_server(server: dict[
     seke(env, "schedule", "delete", "every-minute")
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         assert list_schedules() == []
+
+    # A run already due that no worker has taken yet (none runs here) goes too: the server's own
+    # cleanup on pausing keeps it, and it would start as soon as a worker polls.
+    seke(env, "schedule", "create", "due", "--interval", "5s", "--run", "due-{scheduled:%H%M%S}")
+    wait_for(
+        "a run of the interval schedule to fall due",
+        lambda: [r for r in annotate_runs(env) if r.state_type.value == "SCHEDULED" and r.expected_start_time < datetime.now(UTC)],
+        30,
+    )
+    seke(env, "schedule", "pause", "due")
+    assert not [r for r in annotate_runs(env) if r.state_type.value == "SCHEDULED"], "pausing removes runs already due"
+    seke(env, "schedule", "delete", "due")
 
     # Interval (due within seconds, where cron waits for the next minute): a worker runs it to completion.
     with running_simulator(SimulatorConfig()) as base_url:
