@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from pydantic import ValidationError
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from models.labels import ACTION_UNITS
+from models.labels import ACTION_UNITS, LABEL_FIELDS, FaceLabels
+from models.orm import Annotation, Review
 
 #: CLI field groups and the label fields each one covers.
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
@@ -78,3 +81,93 @@ def review_queue(
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    """One person's verdict on one generated field, as read from a review tool's export.
+
+    `where` names the item in the file it came from (e.g. "task 12"), so errors can point at it.
+    """
+
+    where: str
+    run_name: str
+    image_id: int
+    field: str
+    reviewer: str
+    decision: str  # accept | correct | reject
+    corrected_value: str | float | bool | None = None
+
+
+class ReviewFileError(ValueError):
+    """A review file that cannot be stored; the message names the item and field."""
+
+
+def _check_value(d: ReviewDecision) -> None:
+    if d.decision not in ("accept", "correct", "reject"):
+        raise ReviewFileError(f"{d.where}, field {d.field}: decision {d.decision!r} is not accept, correct or reject")
+    if d.decision != "correct":
+        return
+    value = d.corrected_value
+    try:
+        FaceLabels.from_field_values({d.field: value})
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"]
+        raise ReviewFileError(f"{d.where}, field {d.field}: corrected value {value!r}: {reason}") from None
+    if d.field in ACTION_UNITS and not isinstance(value, bool):
+        raise ReviewFileError(f"{d.where}, field {d.field}: corrected value {value!r} is not true/false")
+    if d.field in ("valence", "arousal") and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ReviewFileError(f"{d.where}, field {d.field}: corrected value {value!r} is not a number")
+
+
+def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
+    """Store decisions in `reviews` (a later decision on the same field replaces the earlier one).
+
+    Every decision is checked against the run's generated annotations before anything is written,
+    so a bad file raises ReviewFileError and leaves the table as it was. Returns the rows written.
+    """
+    runs: dict[str, int] = {name: id_ for name, id_ in session.execute(text("SELECT name, id FROM runs"))}
+    found: dict[tuple[str, int, str], Annotation] = {}
+    for d in decisions:
+        if d.field not in LABEL_FIELDS:
+            raise ReviewFileError(f"{d.where}: unknown field {d.field!r}")
+        if d.run_name not in runs:
+            raise ReviewFileError(f"{d.where}: no run named {d.run_name!r}")
+        if not d.reviewer.strip():
+            raise ReviewFileError(f"{d.where}, field {d.field}: no reviewer")
+        _check_value(d)
+        annotation = session.scalar(
+            select(Annotation).where(
+                Annotation.run_id == runs[d.run_name],
+                Annotation.image_id == d.image_id,
+                Annotation.field == d.field,
+                Annotation.provenance == "generated",
+            )
+        )
+        if annotation is None:
+            raise ReviewFileError(
+                f"{d.where}, field {d.field}: run {d.run_name!r} generated no {d.field} for image {d.image_id}"
+            )
+        found[(d.run_name, d.image_id, d.field)] = annotation
+    for d in decisions:
+        annotation = found[(d.run_name, d.image_id, d.field)]
+        row = {
+            "run_id": annotation.run_id,
+            "image_id": d.image_id,
+            "field": d.field,
+            "model_value": annotation.value,
+            "uncertainty": annotation.uncertainty,
+            "reviewer": d.reviewer,
+            "decision": d.decision,
+            "corrected_value": d.corrected_value if d.decision == "correct" else None,
+            "call_id": annotation.summary_call_id,
+            "reviewed_at": func.now(),
+        }
+        statement = insert(Review).values(**row)
+        session.execute(
+            statement.on_conflict_do_update(
+                constraint="uq_reviews_run_id_image_id_field",
+                set_={k: statement.excluded[k] for k in row if k not in ("run_id", "image_id", "field")},
+            )
+        )
+    return len(decisions)

@@ -95,3 +95,44 @@ def test_label_studio_export_has_config_and_predictions(annotated: Settings, tmp
             kinds[name] == ("number" if name in ("valence", "arousal") else "choices") for name in kinds
         )
         assert task["data"]["image"]
+
+
+def test_recorded_decisions_leave_the_queue_and_a_bad_file_writes_nothing(annotated: Settings) -> None:
+    from tasks.review import ReviewDecision, ReviewFileError, record_reviews
+
+    with session_scope(annotated) as session:
+        queue = review_queue(session, "v1", top=1000)
+        au = next(i for i in queue if i.field in ACTION_UNITS)
+        valence = next(i for i in queue if i.field == "valence")
+        good = [
+            ReviewDecision("task 1", "v1", au.image_id, au.field, "ann", "correct", not au.value),
+            ReviewDecision("task 2", "v1", valence.image_id, "valence", "ann", "accept"),
+        ]
+        # One bad item among good ones: nothing of the file is stored.
+        for bad, reason in [
+            (
+                ReviewDecision("task 3", "v1", valence.image_id, "valence", "ann", "correct", 3.0),
+                "task 3, field valence",
+            ),
+            (ReviewDecision("task 4", "v1", au.image_id, au.field, "ann", "correct", "yes"), "task 4, field AU"),
+            (ReviewDecision("task 5", "v1", au.image_id, "mouth", "ann", "accept"), "task 5: unknown field"),
+            (ReviewDecision("task 6", "v2", au.image_id, au.field, "ann", "accept"), "no run named 'v2'"),
+            (ReviewDecision("task 7", "v1", au.image_id, au.field, "ann", "maybe"), "decision 'maybe'"),
+            (ReviewDecision("task 8", "v1", 10**9, au.field, "ann", "accept"), "generated no AU"),
+        ]:
+            with pytest.raises(ReviewFileError, match=reason):
+                record_reviews(session, [*good, bad])
+            assert session.query(Review).count() == 0
+        assert record_reviews(session, good) == 2
+        rows = {r.field: r for r in session.query(Review)}
+        assert rows[au.field].corrected_value is (not au.value)
+        assert rows[au.field].model_value is au.value
+        assert rows[au.field].call_id == au.call_id
+        assert rows["valence"].corrected_value is None
+        left = {(i.image_id, i.field) for i in review_queue(session, "v1", top=1000)}
+        assert (au.image_id, au.field) not in left and len(left) == len(queue) - 2
+        # A later decision on the same field replaces the earlier one.
+        record_reviews(session, [ReviewDecision("task 9", "v1", valence.image_id, "valence", "bo", "correct", -0.5)])
+        session.expire_all()
+        again = session.query(Review).filter(Review.field == "valence").one()
+        assert (again.reviewer, again.decision, again.corrected_value) == ("bo", "correct", -0.5)
