@@ -38,15 +38,19 @@ def assert_one_message(done: subprocess.CompletedProcess[str], code: int, *remed
 
 
 @pytest.fixture
-def database(postgres_admin_url: str, demo: Path, tmp_path: Path) -> Settings:
+def database(postgres_admin_url: str, demo: Path, tmp_path: Path, prefect_api: None) -> Settings:
     return prepared_settings(postgres_admin_url, tmp_path, demo)
 
 
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
     return {
         "SEKE_DATABASE_URL": settings.database_url.get_secret_value(),
         "SEKE_STORE_URL": settings.store_url,
         "SEKE_STATE_DIR": str(settings.state_dir),
+        # The session's Prefect server (prefect_api): each command would otherwise start one of its own.
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
         **extra,
     }
 
