@@ -25,7 +25,11 @@ def fresh(postgres_admin_url: str, demo: Path, tmp_path: Path) -> Settings:
     return prepared_settings(postgres_admin_url, tmp_path, demo)
 
 
-def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(fresh: Settings, tmp_path: Path) -> None:
+def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(
+    fresh: Settings, tmp_path: Path, prefect_api: None
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
     state = tmp_path / "fresh" / "state"  # does not exist yet: a first run
     home = tmp_path / "fresh" / "home"
     home.mkdir(parents=True)
@@ -41,13 +45,14 @@ def test_annotate_is_quiet_on_a_fresh_machine_and_verbose_on_request(fresh: Sett
             COLUMNS="120",
         )
 
-        def seke(*args: str) -> subprocess.CompletedProcess:
-            done = subprocess.run([SEKE, *args], env=env, capture_output=True, text=True, timeout=300)
+        def seke(*args: str, **extra: str) -> subprocess.CompletedProcess:
+            done = subprocess.run([SEKE, *args], env={**env, **extra}, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
             return done
 
         quiet = seke("annotate", "--run", "quiet", "--limit", "3")
-        loud = seke("--verbose", "annotate", "--run", "quiet", "--limit", "3")
+        # The second run needs no fresh machine: the session's Prefect server spares it starting one.
+        loud = seke("--verbose", "annotate", "--run", "quiet", "--limit", "3", PREFECT_API_URL=PREFECT_API_URL.value())
 
     console = quiet.stdout + quiet.stderr
     assert "3/3" in quiet.stdout and "images/s" in quiet.stdout  # the bar: done/total, rate
