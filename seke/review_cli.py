@@ -63,3 +63,34 @@ def export(
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
     console.print(f"wrote {config} and {tasks}")
+
+
+@review_app.command("import")
+def import_reviews(
+    file: Annotated[Path, typer.Argument(help="Label Studio's JSON export of the project.")],
+    source: Annotated[str, typer.Option("--from", help="label-studio")] = "label-studio",
+    reviewer: Annotated[
+        str | None, typer.Option("--reviewer", help="Name every decision by; default: the annotator Label Studio names.")
+    ] = None,
+) -> None:
+    """Store people's decisions from a review tool's export: all of the file, or nothing of it."""
+    from collections import Counter
+
+    from core.config import get_settings
+    from core.db import session_scope
+    from tasks.review import record_reviews
+    from tasks.review_import import read_label_studio
+
+    if source != "label-studio":
+        raise typer.BadParameter(f"unsupported --from {source!r}; expected label-studio")
+    with session_scope(get_settings()) as session:
+        try:
+            read = read_label_studio(session, file, reviewer)
+            record_reviews(session, read.decisions)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="FILE") from error
+    counts = Counter(d.decision for d in read.decisions)
+    console.print(
+        f"stored {len(read.decisions)} decisions from {file}: {counts['accept']} accepted, "
+        f"{counts['correct']} corrected, {counts['reject']} rejected; {read.unannotated} tasks not annotated"
+    )

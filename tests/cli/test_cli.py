@@ -51,6 +51,7 @@ COMMANDS = [
     ("batch", "import-round"),
     ("review", "queue"),
     ("review", "export"),
+    ("review", "import"),
 ]
 
 #: Enough for the tiny model to take a few steps on CPU.

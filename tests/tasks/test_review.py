@@ -136,3 +136,108 @@ def test_recorded_decisions_leave_the_queue_and_a_bad_file_writes_nothing(annota
         session.expire_all()
         again = session.query(Review).filter(Review.field == "valence").one()
         assert (again.reviewer, again.decision, again.corrected_value) == ("bo", "correct", -0.5)
+
+
+def _label_studio_export(tasks: list[dict], answers: dict[int, list[dict]]) -> list[dict]:
+    """Tasks as Label Studio exports them after people annotated some: ids, annotations with result items."""
+    exported = []
+    for number, task in enumerate(tasks, start=1):
+        row = {"id": number, "data": task["data"], "predictions": task["predictions"], "annotations": []}
+        for result in answers.get(task["data"]["image_id"], []):
+            row["annotations"].append({
+                "id": len(row["annotations"]) + 10 * number, "completed_by": {"id": 1, "email": "ann@example.org"},
+                "was_cancelled": result.pop("cancelled", False), "result": result["items"],
+                "created_at": result["at"], "updated_at": result["at"], "lead_time": 12.5,
+            })  # fmt: skip
+        exported.append(row)
+    return exported
+
+
+def test_a_label_studio_export_comes_back_as_decisions_or_not_at_all(
+    annotated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from core.store import open_store
+    from seke.cli import app
+    from tasks.review_export import label_studio_tasks
+
+    with session_scope(annotated) as session:
+        tasks = label_studio_tasks(session, open_store(annotated), "v1")
+        queued = len(review_queue(session, "v1", top=10_000))
+    predicted = {
+        t["data"]["image_id"]: {r["from_name"]: r["value"] for r in t["predictions"][0]["result"]} for t in tasks
+    }
+    by_image: dict[int, dict] = {}
+    with session_scope(annotated) as session:
+        for item in review_queue(session, "v1", top=10_000):
+            by_image.setdefault(item.image_id, {})[item.field] = item.value
+    # The first image has an AU the run found absent; the second a generated valence, if any has one.
+    first = next(i for i in predicted if any(au in by_image[i] and not by_image[i][au] for au in ACTION_UNITS))
+    generated = by_image[first]
+    second = next((i for i in predicted if i != first and "valence" in by_image[i]), None)
+    second = second or next(i for i in predicted if i != first)
+    third = next(i for i in predicted if i not in (first, second))
+    kept = dict(predicted[first])  # the first image: AUs as predicted but one more ticked, VA as predicted
+    extra = next(au for au in ACTION_UNITS if au in generated and not generated[au])
+    kept["aus"] = {"choices": [*kept["aus"]["choices"], extra]}
+    first_items = [{"from_name": name, "to_name": "image", "type": "x", "value": value} for name, value in kept.items()]
+    # The second image: a cancelled annotation, then one that leaves out valence (a reject) and keeps the rest.
+    second_items = [
+        {"from_name": name, "to_name": "image", "type": "x", "value": value}
+        for name, value in predicted[second].items()
+        if name != "valence"
+    ]
+    answers = {
+        first: [{"items": first_items, "at": "2026-12-01T10:00:00Z"}],
+        second: [
+            {"items": [], "at": "2026-12-01T11:00:00Z", "cancelled": True},
+            {"items": second_items, "at": "2026-12-01T10:30:00Z"},
+        ],
+    }
+    use(annotated, monkeypatch)
+    good = tmp_path / "export.json"
+    good.write_text(json.dumps(_label_studio_export(tasks, answers)))
+
+    # A bad item anywhere: a usage error naming the task and field, and nothing stored.
+    bad_valence = json.loads(good.read_text())
+    third_row = next(t for t in bad_valence if t["data"]["image_id"] == third)
+    third_row["annotations"] = [{"id": 99, "completed_by": 1, "result": [
+        {"from_name": "valence", "to_name": "image", "type": "number", "value": {"number": 3.0}}
+    ]}]  # fmt: skip
+    bad_au = json.loads(good.read_text())
+    first_row = next(t for t in bad_au if t["data"]["image_id"] == first)
+    first_row["annotations"][0]["result"].append({"from_name": "aus", "value": {"choices": ["AU99"]}})
+    for name, content, reason in [
+        ("broken.json", "{not json", "not a readable Label Studio JSON export"),
+        ("valence.json", json.dumps(bad_valence), f"task {third_row['id']}, field valence"),
+        ("au.json", json.dumps(bad_au), f"task {first_row['id']}, field aus: unknown action unit(s) AU99"),
+    ]:
+        (tmp_path / name).write_text(content)
+        result = CliRunner().invoke(app, ["review", "import", str(tmp_path / name)])
+        assert result.exit_code == 2 and reason in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), (
+            result.output
+        )
+        with session_scope(annotated) as session:
+            assert session.query(Review).count() == 0
+
+    result = CliRunner().invoke(app, ["review", "import", str(good)])
+    assert result.exit_code == 0, result.output
+    with session_scope(annotated) as session:
+        rows = {(r.image_id, r.field): r for r in session.query(Review)}
+        assert {r.reviewer for r in rows.values()} == {"ann@example.org"}
+        first_fields = {field: r for (image, field), r in rows.items() if image == first}
+        assert set(first_fields) == set(
+            generated
+        )  # every generated field of a reviewed image, AUs predicted absent too
+        assert (first_fields[extra].decision, first_fields[extra].corrected_value) == ("correct", True)
+        assert all(r.decision == "accept" for f, r in first_fields.items() if f != extra)
+        second_fields = {field: r.decision for (image, field), r in rows.items() if image == second}
+        if "valence" in second_fields:
+            assert second_fields.pop("valence") == "reject"
+        assert set(second_fields.values()) == {"accept"}
+        assert len(review_queue(session, "v1", top=10_000)) == queued - len(rows)
+    assert f"{len(rows)} decisions" in result.output and f"{len(tasks) - 2} tasks not annotated" in result.output
