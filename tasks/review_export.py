@@ -105,6 +105,8 @@ def export_label_studio(session: Session, store: ObjectStore, run_name: str, out
     tasks = label_studio_tasks(session, store, run_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     config, tasks_file = out_dir / "config.xml", out_dir / "tasks.json"
-    config.write_text(labeling_config(), encoding="utf-8")
-    tasks_file.write_text(json.dumps(tasks, indent=2), encoding="utf-8")
+    for path, content in ((config, labeling_config()), (tasks_file, json.dumps(tasks, indent=2))):
+        partial = path.with_name(path.name + ".partial")  # renamed when whole: a crash leaves no half file
+        partial.write_text(content, encoding="utf-8")
+        partial.replace(path)
     return config, tasks_file
