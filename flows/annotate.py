@@ -71,6 +71,7 @@ from tasks.shared_limit import SharedRateLimit, bucket_key
 from tasks.vllm import VLLMConfig, uncapped
 from flows.progress import report
 from tasks.schedule import expand_run_name
+from tasks.versions import VersionError, check_origin, derive_run
 
 
 class ProgressReporter:
@@ -355,6 +356,12 @@ def _publish_report(report: RunReport, run_name: str) -> None:
         f"- calls: {report.calls} ({report.invalid_calls} invalid answers)\n"
         f"- tokens: {report.tokens_in} in, {report.tokens_out} out\n"
         f"- cost: ${report.cost_usd:.4f}\n"
+        + (
+            f"- derived from {report.derived_from}: {report.kept_from_origin} images kept, "
+            f"{report.reannotated} annotated again\n"
+            if report.derived_from
+            else ""
+        )
         + (f"- stopped: {report.stop_reason}\n" if report.stop_reason else ""),
         key=f"{key}-summary",
         description="Run summary and cost",
@@ -500,8 +507,12 @@ def annotate_flow(
     workers: int = 1,
     via_deployments: bool = False,
     lease_s: float = 30.0,
+    from_run: str | None = None,
 ) -> RunReport:
     """Annotate (or resume, or join) run `run_name` with `workers` workers; returns the run report.
+
+    `from_run` makes the run a new version of that completed run (tasks/versions.py): images
+    whose known labels did not change keep its results, the others are annotated again.
 
     The endpoint comes from settings (SEKE_VLLM_*); `base_url`/`model` override
     it, e.g. with a simulator started for the demo (which passes `simulated`).
@@ -517,6 +528,9 @@ def annotate_flow(
     vllm_config = VLLMConfig.from_settings(settings, base_url=base_url, model=model, simulated=simulated)
 
     with sessions.begin() as session:
+        origin = check_origin(session, run_name, from_run)
+        if from_run is not None and (limit is not None or image_ids is not None):
+            raise VersionError("--from takes no --limit: a version covers the images of the run it derives from")
         run_id = open_run(
             session,
             run_name,
@@ -527,7 +541,14 @@ def annotate_flow(
             limit=limit,
             kind=kind,
             image_ids=image_ids,
+            derived_from=origin,
         )
+        derivation = derive_run(session, run_id) if origin else None
+    if derivation is not None:
+        logger.info(
+            "run %s derives from %s: %s images kept, %s to annotate again",
+            run_name, derivation.origin, derivation.kept, derivation.reannotated,
+        )  # fmt: skip
     params = WorkerSettings(
         run_name, run_id, config, max_calls, max_cost_usd, concurrency, shard_size, images_per_task, base_url, model, lease_s,
         simulated,

@@ -25,7 +25,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    ColumnElement,
     UniqueConstraint,
+    case,
     func,
     text,
 )
@@ -85,6 +87,7 @@ class SourceDataset(Base):
     __tablename__ = "source_datasets"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    #: A dataset's name, or `review:<reviewer>` for the labels a person's review decisions wrote.
     name: Mapped[str] = mapped_column(String(32), unique=True)
     created_at: Mapped[dt.datetime] = _now()
 
@@ -124,9 +127,12 @@ class Image(Base):
 
 
 class HumanLabel(LabelValueMixin, Base):
-    """A label a dataset gives an image. The same bytes in two datasets keep each one's labels
-    (unique per image, source and field); readers wanting one value per field take the lowest id,
-    which is the label of the source that imported the image first."""
+    """A label a dataset gives an image, or a person's review decision (`review_id`, source
+    `review:<reviewer>`, migration 0010). The same bytes in two datasets keep each one's labels
+    (unique per image, source and field); readers wanting one value per field order by
+    `preferred_last()` and let the last win: a review label over a dataset's (the reviewer looked at
+    this image, and may have corrected the dataset), the newest review label first among several,
+    then the lowest id, the label of the source that imported the image first."""
 
     __tablename__ = "human_labels"
     __table_args__ = (
@@ -140,7 +146,17 @@ class HumanLabel(LabelValueMixin, Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("source_datasets.id"))
     field: Mapped[str] = mapped_column(String(16))
     source_file: Mapped[str] = mapped_column(Text)
+    #: The review decision this label records (NULL: a dataset's label).
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"), unique=True)
     created_at: Mapped[dt.datetime] = _now()
+
+    @staticmethod
+    def preferred_last() -> tuple[ColumnElement[Any], ...]:
+        """ORDER BY keys putting the label to use last among an image's labels of one field."""
+        return (
+            HumanLabel.review_id.is_not(None),
+            case((HumanLabel.review_id.is_(None), -HumanLabel.id), else_=HumanLabel.id),
+        )
 
 
 class Run(Base):

@@ -396,6 +396,15 @@ def annotate(
         PromptLayoutChoice,
         typer.Option(help="paper: the paper's prompts; cached: constant system text first, for providers' prefix caches."),
     ] = PromptLayoutChoice.paper,
+    from_run: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Create --run as the next version of this completed run: images whose known labels "
+            "(reviews included) did not change keep its results; the rest are annotated again.",
+            callback=_valid_name,
+        ),
+    ] = None,
 ) -> None:
     """Annotate the FEID images of a run with SEKE (prior prompt → UAMC → summary → rewrite).
 
@@ -424,6 +433,8 @@ def annotate(
                 batch=(batch_price_factor, uamc),
             )
         return
+    if from_run and (plan or batch or limit):
+        raise typer.BadParameter("--from runs online over its origin's images: no --plan, --batch or --limit", param_hint="--from")
     if batch and (max_calls or max_cost or workers > 1 or via_deployments):
         raise typer.BadParameter("--batch runs one process and takes no --max-calls, --max-cost or --workers", param_hint="--batch")
     if batch:
@@ -444,6 +455,7 @@ def annotate(
                 workers=workers,
                 via_deployments=via_deployments,
                 lease_s=lease_s,
+                from_run=from_run,
                 return_state=True,
             )
     except KeyboardInterrupt:  # before the run's own handlers were in place: no image was claimed yet
@@ -535,6 +547,10 @@ def _print_report(report: RunReport) -> None:
     table = Table(show_header=False, title=f"run {report.name}: {report.status}")
     table.add_row("model", report.model + ("  [yellow](simulator)[/yellow]" if report.simulated else ""))
     table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report.images.items()))
+    if report.derived_from:
+        table.add_row(
+            "version", f"derived from {report.derived_from}: {report.kept_from_origin} images kept, {report.reannotated} annotated again"
+        )
     table.add_row("calls", f"{report.calls} ({report.invalid_calls} invalid answers)")
     if report.shared_choices is not None:
         refused = "; the endpoint refused n > 1, so the rest went one call per sample" if report.shared_prefill_refused else ""

@@ -176,11 +176,11 @@ def _state_query():  # noqa: ANN202 (a SQLAlchemy Select)
     """Image, human labels, stored calls and stored steps of one image in one run, as one row."""
     image_id, run_id = bindparam("image_id", type_=Integer), bindparam("run_id", type_=Integer)
     labels = (
-        # Lowest id last, so it wins in _image_state: the source that imported the image first (two may label it).
+        # The preferred label last, so it wins in _image_state: a review's, else the first-importing source's.
         select(func.json_agg(aggregate_order_by(
             func.json_build_array(HumanLabel.id, HumanLabel.field, HumanLabel.value_text, HumanLabel.value_number,
                                   HumanLabel.value_bool),
-            HumanLabel.id.desc(),
+            *HumanLabel.preferred_last(),
         )))
         .where(HumanLabel.image_id == image_id)
         .scalar_subquery()

@@ -122,7 +122,7 @@ def agreement(session: Session, run_id: int, task: Task) -> dict[str, Any]:
     human = session.execute(
         select(HumanLabel.image_id, HumanLabel.field, HumanLabel.value_text, HumanLabel.value_number, HumanLabel.value_bool)
         .where(HumanLabel.image_id.in_(done), HumanLabel.field.in_(fields))
-        .order_by(HumanLabel.id.desc())  # lowest id last, so it wins: the first-importing source's label
+        .order_by(*HumanLabel.preferred_last())  # last wins: a review's label, else the first-importing source's
     ).all()
     return compare(_values(generated), _values(human), task, failed=int(failed or 0))
 

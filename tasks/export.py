@@ -2,7 +2,9 @@
 
 Layout of an export directory:
 
-    feid.jsonl        {"id", "image", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}
+    feid.jsonl        {"id", "image", "conversations": [{"from": "human", ...}, {"from": "gpt", ...}], "reviewed"}
+                      `reviewed`: the fields a person reviewed, {field: {"decision", "reviewer", "run"}}: a
+                      decision on this run's value, or the review whose label this run took as known
     provenance.jsonl  per image: every field's value, provenance, uncertainty, samples, call ids; a generated
                       AU carries its task's uncertainty (`uncertainty`, what UAMC decided on) and its own
                       (`au_uncertainty` = p(1−p)/0.25, p = `present_fraction` of the valid samples)
@@ -32,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.labels import ACTION_UNITS
-from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Run, RunImage, VLLMCall
+from models.orm import Annotation, Export, HumanLabel, Image, Instruction, Prompt, Review, Run, RunImage, VLLMCall
 from models.vocab import ImageStatus, Stage
 from core.errors import SekeError
 from core.store import ObjectStore, upload_dir
@@ -104,6 +106,25 @@ def _provenance(session: Session, run_id: int, image_ids: list[int]) -> dict[int
     return fields
 
 
+def _reviewed(session: Session, run_id: int, image_ids: list[int]) -> dict[int, dict[str, dict[str, str]]]:
+    """Per image, the fields a person reviewed: decisions on this run's generated values (accept, correct,
+    reject: a downstream user may drop rejected or corrected ones), and the reviews whose labels this
+    run embedded as known (a version derived with --from)."""
+    reviewed: dict[int, dict[str, dict[str, str]]] = defaultdict(dict)
+    embedded = (
+        select(Review, Run.name)
+        .join(HumanLabel, HumanLabel.review_id == Review.id)
+        .join(Annotation, Annotation.human_label_id == HumanLabel.id)
+        .join(Run, Run.id == Review.run_id)
+        .where(Annotation.run_id == run_id, Annotation.image_id.in_(image_ids))
+    )
+    own = select(Review, Run.name).join(Run, Run.id == Review.run_id).where(Review.run_id == run_id, Review.image_id.in_(image_ids))
+    for query in (embedded, own):  # this run's own decisions last: they win
+        for review, run_name in session.execute(query):
+            reviewed[review.image_id][review.field] = {"decision": review.decision, "reviewer": review.reviewer, "run": run_name}
+    return reviewed
+
+
 def export_run(
     session: Session,
     store: ObjectStore,
@@ -152,6 +173,7 @@ def _write_export(session: Session, store: ObjectStore, run: Run, staging: Path,
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
             provenance = _provenance(session, run_id, [image.id for _, image in chunk])
+            reviewed = _reviewed(session, run_id, [image.id for _, image in chunk])
             for instruction, image in chunk:
                 if copy_images:
                     relative = f"images/{image.sha256}.{image.format.lower()}"
@@ -165,6 +187,7 @@ def _write_export(session: Session, store: ObjectStore, run: Run, staging: Path,
                         {"from": "human", "value": "<image>\n" + instruction.question},
                         {"from": "gpt", "value": instruction.answer},
                     ],
+                    "reviewed": reviewed.get(image.id, {}),
                 }
                 feid.write(json.dumps(record) + "\n")
                 sidecar.write(
@@ -174,11 +197,15 @@ def _write_export(session: Session, store: ObjectStore, run: Run, staging: Path,
                             "image_id": image.id,
                             "question_template": instruction.template_id,
                             "fields": provenance[image.id],
+                            "reviewed": reviewed.get(image.id, {}),
                         }
                     )
                     + "\n"
                 )
-                records.append({"id": image.sha256, "image": relative, "question": instruction.question, "answer": instruction.answer})
+                records.append({
+                    "id": image.sha256, "image": relative, "question": instruction.question, "answer": instruction.answer,
+                    "reviewed": json.dumps(reviewed.get(image.id, {})),  # JSON text: one column type for any fields
+                })  # fmt: skip
 
     prompt_versions = sorted(
         {

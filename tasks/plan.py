@@ -147,7 +147,10 @@ def planned_images(session: Session, image_ids: Sequence[int], config: AnnotateC
     images = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(image_ids)))}
     labels: dict[int, dict[str, object]] = defaultdict(dict)
     masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
-    for label in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_(image_ids))):
+    # The preferred label last, as the annotate engine reads them: the prompt embeds that value.
+    for label in session.scalars(
+        select(HumanLabel).where(HumanLabel.image_id.in_(image_ids)).order_by(*HumanLabel.preferred_last())
+    ):
         if label.field not in masked:
             labels[label.image_id][label.field] = label.value
     planned = []

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.labels import ACTION_UNITS, LABEL_FIELDS, FaceLabels
-from models.orm import Annotation, Review
+from models.orm import Annotation, HumanLabel, Review, Run, SourceDataset, label_columns
 
 #: CLI field groups and the label fields each one covers.
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
@@ -121,10 +121,17 @@ def _check_value(d: ReviewDecision) -> None:
 
 
 def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
-    """Store decisions in `reviews` (a later decision on the same field replaces the earlier one).
+    """Store decisions in `reviews` and their human labels (a later decision on the same field replaces both).
+
+    A `correct` writes the corrected value as a human label of the image, from the source
+    `review:<reviewer>`, linked to the review (`human_labels.review_id`, and so to the reviewed
+    summary call). An `accept` writes the model's value the same way: a person confirmed it, so the
+    next run version embeds it as known and exports mark it reviewed. A `reject` removes the label
+    this review had written, if any: the field is left to be generated again.
 
     Every decision is checked against the run's generated annotations before anything is written,
-    so a bad file raises ReviewFileError and leaves the table as it was. Returns the rows written.
+    and the writes run in a savepoint of the caller's transaction, so a bad file raises
+    ReviewFileError and leaves the tables as they were. Returns the decisions stored.
     """
     runs: dict[str, int] = {name: id_ for name, id_ in session.execute(text("SELECT name, id FROM runs"))}
     found: dict[tuple[str, int, str], Annotation] = {}
@@ -135,6 +142,8 @@ def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
             raise ReviewFileError(f"{d.where}: no run named {d.run_name!r}")
         if not d.reviewer.strip():
             raise ReviewFileError(f"{d.where}, field {d.field}: no reviewer")
+        if len(d.reviewer) > MAX_REVIEWER:
+            raise ReviewFileError(f"{d.where}, field {d.field}: reviewer name longer than {MAX_REVIEWER} characters")
         _check_value(d)
         annotation = session.scalar(
             select(Annotation).where(
@@ -149,25 +158,86 @@ def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
                 f"{d.where}, field {d.field}: run {d.run_name!r} generated no {d.field} for image {d.image_id}"
             )
         found[(d.run_name, d.image_id, d.field)] = annotation
-    for d in decisions:
-        annotation = found[(d.run_name, d.image_id, d.field)]
-        row = {
-            "run_id": annotation.run_id,
-            "image_id": d.image_id,
-            "field": d.field,
-            "model_value": annotation.value,
-            "uncertainty": annotation.uncertainty,
-            "reviewer": d.reviewer,
-            "decision": d.decision,
-            "corrected_value": d.corrected_value if d.decision == "correct" else None,
-            "call_id": annotation.summary_call_id,
-            "reviewed_at": func.now(),
-        }
-        statement = insert(Review).values(**row)
-        session.execute(
-            statement.on_conflict_do_update(
-                constraint="uq_reviews_run_id_image_id_field",
-                set_={k: statement.excluded[k] for k in row if k not in ("run_id", "image_id", "field")},
+    with session.begin_nested():  # a refusal met while writing undoes this call's writes, and only them
+        for d in decisions:
+            annotation = found[(d.run_name, d.image_id, d.field)]
+            row = {
+                "run_id": annotation.run_id,
+                "image_id": d.image_id,
+                "field": d.field,
+                "model_value": annotation.value,
+                "uncertainty": annotation.uncertainty,
+                "reviewer": d.reviewer,
+                "decision": d.decision,
+                "corrected_value": d.corrected_value if d.decision == "correct" else None,
+                "call_id": annotation.summary_call_id,
+                "reviewed_at": func.now(),
+            }
+            statement = insert(Review).values(**row)
+            review_id = session.scalar(
+                statement.on_conflict_do_update(
+                    constraint="uq_reviews_run_id_image_id_field",
+                    set_={k: statement.excluded[k] for k in row if k not in ("run_id", "image_id", "field")},
+                ).returning(Review.id)
             )
-        )
+            value = {"correct": d.corrected_value, "accept": annotation.value}.get(d.decision)
+            _write_label(session, d, review_id, value)
     return len(decisions)
+
+
+#: Longest reviewer name: its labels' source `review:<reviewer>` fits source_datasets.name (32).
+MAX_REVIEWER = 25
+
+
+def review_source(session: Session, reviewer: str) -> int:
+    """The id of the source dataset `review:<reviewer>`, created on first use."""
+    name = f"review:{reviewer}"
+    session.execute(insert(SourceDataset).values(name=name).on_conflict_do_nothing(index_elements=["name"]))
+    return session.scalars(select(SourceDataset.id).where(SourceDataset.name == name)).one()
+
+
+def _used_by(session: Session, label_id: int) -> list[str]:
+    """Runs whose annotations took this label as known (their provenance must keep pointing at it)."""
+    return list(
+        session.scalars(
+            select(Run.name).join(Annotation, Annotation.run_id == Run.id).where(Annotation.human_label_id == label_id).distinct()
+        )
+    )
+
+
+def _remove_label(session: Session, d: ReviewDecision, label: HumanLabel) -> None:
+    used = _used_by(session, label.id)
+    if used:
+        raise ReviewFileError(
+            f"{d.where}, field {d.field}: the label an earlier decision wrote is a known label of run(s) "
+            f"{', '.join(used)}; it cannot be withdrawn now: record a new decision on a later version instead"
+        )
+    session.delete(label)
+    session.flush()
+
+
+def _write_label(session: Session, d: ReviewDecision, review_id: int, value: str | float | bool | None) -> None:
+    """Make the review's human label say `value` (None: remove it).
+
+    The reviewer's source holds one label per image and field: the latest decision on it owns it,
+    whichever run it reviewed."""
+    own = session.scalars(select(HumanLabel).where(HumanLabel.review_id == review_id)).one_or_none()
+    if value is None:
+        if own is not None:
+            _remove_label(session, d, own)
+        return
+    source_id = review_source(session, d.reviewer)
+    target = session.scalars(
+        select(HumanLabel).where(
+            HumanLabel.image_id == d.image_id, HumanLabel.source_id == source_id, HumanLabel.field == d.field
+        )
+    ).one_or_none()
+    if own is not None and own is not target:  # the review changed hands: the earlier reviewer's label goes
+        _remove_label(session, d, own)
+    columns = {"review_id": review_id, "source_file": f"review of run {d.run_name}, {d.where}", **label_columns(value)}
+    if target is None:
+        session.add(HumanLabel(image_id=d.image_id, source_id=source_id, field=d.field, **columns))
+    else:
+        for name, column_value in columns.items():
+            setattr(target, name, column_value)
+    session.flush()

@@ -54,6 +54,7 @@ def open_run(
     limit: int | None,
     kind: str = "annotate",
     image_ids: list[int] | None = None,
+    derived_from: str | None = None,
 ) -> int:
     """Create the run, or reopen it to resume or to join workers already on it; enqueue its images.
 
@@ -64,11 +65,17 @@ def open_run(
     seeded decisions): a different one is refused, naming the fields, before
     anything is queued. Limits and the endpoint's rate settings may change
     between invocations; a larger --limit extends the run.
+
+    A version derived from another run (`derived_from`, tasks/versions.py) takes its origin's
+    images when it is derived, and is never extended: resuming it enqueues nothing new.
     """
     wanted = config.model_dump(mode="json")
+    stored_config: dict[str, Any] = {"annotate": wanted, "endpoint": endpoint}
+    if derived_from is not None:
+        stored_config["derived_from"] = {"run": derived_from}
     session.execute(
         insert(Run)
-        .values(name=name, kind=kind, model=model, config={"annotate": wanted, "endpoint": endpoint}, code_version=code_version)
+        .values(name=name, kind=kind, model=model, config=stored_config, code_version=code_version)
         .on_conflict_do_nothing(index_elements=["name"])
     )
     stored = session.scalars(select(Run).where(Run.name == name).with_for_update()).one()
@@ -78,6 +85,8 @@ def open_run(
             f"run {name!r} exists with a different configuration ({'; '.join(differing)}); "
             "resume it with the same settings, or choose a new --run name"
         )
+    if "derived_from" in stored.config:
+        image_ids = []
     if image_ids is None:
         query = select(Image.id).where(Image.split == Split.FEID.value).order_by(Image.id)
         if limit is not None:
@@ -179,6 +188,10 @@ class RunReport(BaseModel):
     mean_uncertainty: dict[str, float] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict)
     first_failure: str | None = None  # one failed image's whole reason, for the message a user acts on
+    #: A version derived with --from: its origin, the images whose results it kept, those annotated again.
+    derived_from: str | None = None
+    kept_from_origin: int = 0
+    reannotated: int = 0
 
 
 def simulated(run: Run) -> bool:
@@ -194,6 +207,9 @@ def run_report(session: Session, run_id: int) -> RunReport:
         run_id=run.id, name=run.name, status=run.status, model=run.model, simulated=simulated(run), stop_reason=run.stop_reason
     )
     report.images = image_counts(session, run_id)
+    origin = run.config.get("derived_from") or {}
+    report.derived_from = origin.get("run")
+    report.kept_from_origin, report.reannotated = origin.get("kept", 0), origin.get("reannotated", 0)
     # From the summary kept by trigger (migration 0005): a few rows, not a scan of the run's calls.
     calls, invalid, tokens_in, tokens_out, tokens_cached, cost = session.execute(
         select(

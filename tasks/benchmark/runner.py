@@ -42,9 +42,10 @@ def feab_items(session: Session, limit: int | None = None) -> list[FeabItem]:
         query = query.limit(limit)
     images = session.execute(query).all()
     labels: dict[int, dict[str, object]] = {}
-    # Lowest id last, so it wins: the source that imported the image first (two datasets may label it).
+    # The preferred label last, so it wins: a person's review (reviews label FEID runs, so rarely here),
+    # else the source that imported the image first (two datasets may label it).
     ids = [i for i, _ in images]
-    for label in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_(ids)).order_by(HumanLabel.id.desc())):
+    for label in session.scalars(select(HumanLabel).where(HumanLabel.image_id.in_(ids)).order_by(*HumanLabel.preferred_last())):
         labels.setdefault(label.image_id, {})[label.field] = label.value
     return [FeabItem(image_id, key, FaceLabels.from_field_values(labels.get(image_id, {}))) for image_id, key in images]
 

@@ -241,3 +241,69 @@ def test_a_label_studio_export_comes_back_as_decisions_or_not_at_all(
         assert set(second_fields.values()) == {"accept"}
         assert len(review_queue(session, "v1", top=10_000)) == queued - len(rows)
     assert f"{len(rows)} decisions" in result.output and f"{len(tasks) - 2} tasks not annotated" in result.output
+
+
+def test_decisions_become_human_labels_of_the_reviewer_with_provenance(annotated: Settings) -> None:
+    from models.orm import HumanLabel, SourceDataset
+    from tasks.review import ReviewDecision, ReviewFileError, record_reviews
+
+    with session_scope(annotated) as session:
+        queue = review_queue(session, "v1", top=1000)
+        au = next(i for i in queue if i.field in ACTION_UNITS)
+        valence = next(i for i in queue if i.field == "valence")
+
+        def labels() -> dict[str, tuple[str, object, int | None]]:
+            session.expire_all()
+            rows = (
+                session.query(HumanLabel, SourceDataset.name)
+                .join(SourceDataset)
+                .filter(HumanLabel.review_id.is_not(None))
+            )
+            return {label.field: (source, label.value, label.review_id) for label, source in rows}
+
+        record_reviews(
+            session,
+            [
+                ReviewDecision("task 1", "v1", au.image_id, au.field, "ann", "correct", not au.value),
+                ReviewDecision("task 2", "v1", valence.image_id, "valence", "ann", "accept"),
+            ],
+        )
+        written = labels()
+        reviews = {r.field: r for r in session.query(Review)}
+        assert written[au.field] == ("review:ann", (not au.value), reviews[au.field].id)
+        assert written["valence"] == ("review:ann", valence.value, reviews["valence"].id)
+        # Provenance: label → review → the reviewed summary call.
+        assert reviews[au.field].call_id == au.call_id
+
+        # A later decision replaces the label (here by another reviewer, so another source).
+        record_reviews(session, [ReviewDecision("task 3", "v1", valence.image_id, "valence", "bo", "correct", -0.5)])
+        assert labels()["valence"][:2] == ("review:bo", -0.5)
+        assert (
+            session.query(HumanLabel)
+            .filter(
+                HumanLabel.image_id == valence.image_id,
+                HumanLabel.field == "valence",
+                HumanLabel.review_id.is_not(None),
+            )
+            .count()
+            == 1
+        )
+
+        # A reject removes the label the review had written: the field is generated again next version.
+        record_reviews(session, [ReviewDecision("task 4", "v1", au.image_id, au.field, "ann", "reject")])
+        assert au.field not in labels()
+
+        # A bad decision in a file writes no label, not even the good decisions' ones.
+        before = labels()
+        with pytest.raises(ReviewFileError, match="task 6, field valence"):
+            record_reviews(
+                session,
+                [
+                    ReviewDecision("task 5", "v1", au.image_id, au.field, "ann", "correct", au.value),
+                    ReviewDecision("task 6", "v1", valence.image_id, "valence", "ann", "correct", 7.0),
+                ],
+            )
+        assert labels() == before
+        with pytest.raises(ReviewFileError, match="longer than 25"):
+            record_reviews(session, [ReviewDecision("task 7", "v1", au.image_id, au.field, "x" * 26, "accept")])
+        assert labels() == before
