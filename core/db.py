@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import ARRAY, ColumnElement, Engine, Integer, any_, create_engine, literal, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,3 +117,9 @@ def session_scope(settings: Settings) -> Iterator[Session]:
     """One transaction: committed on success, rolled back on any error."""
     with session_factory(settings).begin() as session:
         yield session
+
+
+def in_ids(column: ColumnElement[int], ids: list[int]) -> ColumnElement[bool]:
+    """`column = ANY(ids)`: one array parameter however many ids (IN takes one parameter per id,
+    and PostgreSQL refuses more than 65,535 in one statement)."""
+    return column == any_(literal(ids, ARRAY(Integer)))

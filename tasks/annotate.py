@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from core.redact import redact_text
 from core.store import ObjectStore, StoreError
 from models.answers import bounded_raw_text
-from models.labels import FaceLabels, fields_of, task_of
+from models.labels import FaceLabels, task_of
 from models.orm import Annotation, HumanLabel, Image, Instruction, Prompt, RunImage, UAMCStep, VLLMCall, label_columns
 from models.vocab import ImageStatus, Stage
 from tasks.consistency import consistency_flags
@@ -255,7 +255,7 @@ def conninfo(database_url: str) -> str:
 
 def _image_state(image_id: int, row: Any, config: AnnotateConfig) -> ImageState:
     sha256, object_key, labels, calls, steps = row
-    masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
+    masked = config.masked_fields
     kept = [(label_id, name, next(v for v in values if v is not None))
             for label_id, name, *values in labels or () if name not in masked]
     stored = {(Stage(stage), index): (call_id, StoredCall(valid, parsed, error, raw_text))

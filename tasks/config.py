@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from models.labels import Task
+from models.labels import Task, fields_of
 from tasks.prompts import PromptLayout
 from tasks.uamc import UAMCConfig
 
@@ -33,3 +33,8 @@ class AnnotateConfig(BaseModel):
         description="paper: the paper's one message per call; cached: constant system text, then image, then the "
         "call's text, for providers' prefix caches (tasks/prompts.py).",
     )
+
+    @property
+    def masked_fields(self) -> set[str]:
+        """The label fields of `tasks_to_mask`: known labels the prompt must not embed."""
+        return {f for task in self.tasks_to_mask for f in fields_of(task)}

@@ -34,9 +34,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.answers import sample_answer_model, summary_answer_model
-from models.labels import FaceLabels, Split, Task, fields_of
+from models.labels import FaceLabels, Split, Task
 from models.orm import HumanLabel, Image, Run, RunImage, VLLMCall
 from models.vocab import ImageStatus
+from core.db import in_ids
 from tasks.annotate import AnnotateConfig
 from tasks.prompts import prior_prompt, rewrite_prompt
 from tasks.uamc import initial_samples
@@ -143,20 +144,27 @@ def _sent_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def planned_images(session: Session, image_ids: Sequence[int], config: AnnotateConfig, vllm: VLLMConfig) -> list[PlannedImage]:
-    images = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(image_ids)))}
+def known_labels(session: Session, image_ids: list[int], config: AnnotateConfig) -> dict[int, dict[str, object]]:
+    """Per image, the human label values a prompt of `config` embeds: the preferred label of each field
+    (a review's, else the first-importing source's), masked fields left out."""
     labels: dict[int, dict[str, object]] = defaultdict(dict)
-    masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
-    # The preferred label last, as the annotate engine reads them: the prompt embeds that value.
+    masked = config.masked_fields
+    # The preferred label last, as the annotate engine reads them, so it is the one kept.
     for label in session.scalars(
-        select(HumanLabel).where(HumanLabel.image_id.in_(image_ids)).order_by(*HumanLabel.preferred_last())
+        select(HumanLabel).where(in_ids(HumanLabel.image_id, image_ids)).order_by(*HumanLabel.preferred_last())
     ):
         if label.field not in masked:
             labels[label.image_id][label.field] = label.value
+    return dict(labels)
+
+
+def planned_images(session: Session, image_ids: Sequence[int], config: AnnotateConfig, vllm: VLLMConfig) -> list[PlannedImage]:
+    images = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(image_ids)))}
+    labels = known_labels(session, list(image_ids), config)
     planned = []
     for image_id in image_ids:
         image = images[image_id]
-        known = FaceLabels.from_field_values(labels[image_id])
+        known = FaceLabels.from_field_values(labels.get(image_id, {}))
         missing = tuple(known.missing_tasks())
         pixels = image_tokens(*_sent_size(image.width, image.height, vllm.image_max_side))
         text = 0

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ARRAY, Integer, any_, exists, insert, literal, literal_column, select
+from sqlalchemy import exists, insert, literal_column, select
 from sqlalchemy.orm import Session
 
-from models.labels import fields_of
-from models.orm import Annotation, HumanLabel, Instruction, Review, Run, RunImage
+from core.db import in_ids
+from models.orm import Annotation, Instruction, Review, Run, RunImage
 from models.vocab import ImageStatus, RunStatus
 from tasks.config import AnnotateConfig
+from tasks.plan import known_labels
 from tasks.runs import config_differences, find_run
 
 
@@ -68,28 +69,15 @@ class Derivation:
     reannotated: int
 
 
-def _ids(column, ids: list[int]):  # noqa: ANN001, ANN202 (a column, a SQL condition)
-    """`column = ANY(ids)`: one array parameter, however many ids."""
-    return column == any_(literal(ids, ARRAY(Integer)))
-
-
 def changed_images(session: Session, origin: Run, config: AnnotateConfig) -> set[int]:
     """Images of `origin` whose known labels now differ from those it embedded, or with a rejected value."""
-    masked = {f for task in config.tasks_to_mask for f in fields_of(task)}
     embedded: dict[int, dict[str, object]] = {}
-    for image_id, field, value in session.execute(
-        select(Annotation.image_id, Annotation.field, Annotation).where(
-            Annotation.run_id == origin.id, Annotation.provenance == "human"
-        )
+    for annotation in session.scalars(
+        select(Annotation).where(Annotation.run_id == origin.id, Annotation.provenance == "human")
     ):
-        embedded.setdefault(image_id, {})[field] = value.value
+        embedded.setdefault(annotation.image_id, {})[annotation.field] = annotation.value
     image_ids = list(session.scalars(select(RunImage.image_id).where(RunImage.run_id == origin.id)))
-    known: dict[int, dict[str, object]] = {}
-    for label in session.scalars(
-        select(HumanLabel).where(_ids(HumanLabel.image_id, image_ids)).order_by(*HumanLabel.preferred_last())
-    ):
-        if label.field not in masked:
-            known.setdefault(label.image_id, {})[label.field] = label.value  # the preferred label comes last
+    known = known_labels(session, image_ids, config)
     rejected = set(
         session.scalars(select(Review.image_id).where(Review.run_id == origin.id, Review.decision == "reject"))
     )
@@ -140,17 +128,17 @@ def _copy_results(session: Session, origin_id: int, run_id: int, image_ids: list
     copy(
         runs_images,
         ["image_id", "status", "samples_used", "consistency_flags"],
-        _ids(runs_images.c.image_id, image_ids) & (runs_images.c.status == ImageStatus.DONE.value),
+        in_ids(runs_images.c.image_id, image_ids) & (runs_images.c.status == ImageStatus.DONE.value),
     )
     annotations = Annotation.__table__
     copy(
         annotations,
         [c.name for c in annotations.columns if c.name not in ("id", "run_id", "created_at")],
-        _ids(annotations.c.image_id, image_ids),
+        in_ids(annotations.c.image_id, image_ids),
     )
     instructions = Instruction.__table__
     copy(
         instructions,
         [c.name for c in instructions.columns if c.name not in ("id", "run_id", "created_at")],
-        _ids(instructions.c.image_id, image_ids),
+        in_ids(instructions.c.image_id, image_ids),
     )
