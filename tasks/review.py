@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from core.db import in_ids
 from models.labels import ACTION_UNITS, LABEL_FIELDS, FaceLabels
 from models.orm import Annotation, HumanLabel, Review, Run, SourceDataset, label_columns
 
@@ -120,6 +121,26 @@ def _check_value(d: ReviewDecision) -> None:
         raise ReviewFileError(f"{d.where}, field {d.field}: corrected value {value!r} is not a number")
 
 
+def generated_annotations(session: Session, items: set[tuple[int, int]]) -> dict[tuple[int, int], list[Annotation]]:
+    """The generated annotations of each (run id, image id), ordered by field: one query for a whole file."""
+    by_item: dict[tuple[int, int], list[Annotation]] = {}
+    if not items:
+        return by_item
+    rows = session.scalars(
+        select(Annotation)
+        .where(
+            Annotation.run_id.in_({run_id for run_id, _ in items}),
+            in_ids(Annotation.image_id, sorted({image_id for _, image_id in items})),
+            Annotation.provenance == "generated",
+        )
+        .order_by(Annotation.field)
+    )
+    for annotation in rows:
+        if (annotation.run_id, annotation.image_id) in items:
+            by_item.setdefault((annotation.run_id, annotation.image_id), []).append(annotation)
+    return by_item
+
+
 def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
     """Store decisions in `reviews` and their human labels (a later decision on the same field replaces both).
 
@@ -134,7 +155,6 @@ def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
     ReviewFileError and leaves the tables as they were. Returns the decisions stored.
     """
     runs: dict[str, int] = {name: id_ for name, id_ in session.execute(text("SELECT name, id FROM runs"))}
-    found: dict[tuple[str, int, str], Annotation] = {}
     for d in decisions:
         if d.field not in LABEL_FIELDS:
             raise ReviewFileError(f"{d.where}: unknown field {d.field!r}")
@@ -145,14 +165,10 @@ def record_reviews(session: Session, decisions: list[ReviewDecision]) -> int:
         if len(d.reviewer) > MAX_REVIEWER:
             raise ReviewFileError(f"{d.where}, field {d.field}: reviewer name longer than {MAX_REVIEWER} characters")
         _check_value(d)
-        annotation = session.scalar(
-            select(Annotation).where(
-                Annotation.run_id == runs[d.run_name],
-                Annotation.image_id == d.image_id,
-                Annotation.field == d.field,
-                Annotation.provenance == "generated",
-            )
-        )
+    generated = generated_annotations(session, {(runs[d.run_name], d.image_id) for d in decisions})
+    found: dict[tuple[str, int, str], Annotation] = {}
+    for d in decisions:
+        annotation = next((a for a in generated.get((runs[d.run_name], d.image_id), ()) if a.field == d.field), None)
         if annotation is None:
             raise ReviewFileError(
                 f"{d.where}, field {d.field}: run {d.run_name!r} generated no {d.field} for image {d.image_id}"

@@ -22,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.labels import ACTION_UNITS
-from models.orm import Annotation, Run
-from tasks.review import ReviewDecision, ReviewFileError
+from models.orm import Run
+from tasks.review import ReviewDecision, ReviewFileError, generated_annotations
 
 NUMBER_TOLERANCE = 1e-9
 
@@ -93,8 +93,7 @@ def read_label_studio(session: Session, path: Path, reviewer: str | None = None)
         raise ReviewFileError(f"{path}: not a readable Label Studio JSON export ({error})") from None
     if not isinstance(tasks, list):
         raise ReviewFileError(f"{path}: a Label Studio JSON export is a list of tasks")
-    decisions: list[ReviewDecision] = []
-    unannotated = 0
+    annotated: list[tuple[str, str, int, dict[str, Any], str]] = []  # where, run, image, answers, reviewer
     for number, task in enumerate(tasks, start=1):
         where = f"{path.name}: task {task.get('id', f'#{number}') if isinstance(task, dict) else f'#{number}'}"
         if not isinstance(task, dict):
@@ -104,20 +103,20 @@ def read_label_studio(session: Session, path: Path, reviewer: str | None = None)
         if not isinstance(run, str) or not isinstance(image_id, int) or isinstance(image_id, bool):
             raise ReviewFileError(f"{where}: data.run and data.image_id (written by seke review export) are missing")
         annotation = _latest(task, where)
-        if annotation is None:
-            unannotated += 1
-            continue
-        answers = _answers(annotation, where)
-        who = reviewer or _reviewer(annotation)
-        generated = session.execute(
-            select(Annotation)
-            .join(Run, Run.id == Annotation.run_id)
-            .where(Run.name == run, Annotation.image_id == image_id, Annotation.provenance == "generated")
-            .order_by(Annotation.field)
-        ).scalars()
-        found = False
-        for row in generated:
-            found = True
+        if annotation is not None:
+            annotated.append((where, run, image_id, _answers(annotation, where), reviewer or _reviewer(annotation)))
+    runs: dict[str, int] = dict(
+        session.execute(select(Run.name, Run.id).where(Run.name.in_({a[1] for a in annotated}))).all()
+    )
+    generated = generated_annotations(
+        session, {(runs[run], image_id) for _, run, image_id, *_ in annotated if run in runs}
+    )
+    decisions: list[ReviewDecision] = []
+    for where, run, image_id, answers, who in annotated:
+        rows = generated.get((runs.get(run, -1), image_id))
+        if not rows:
+            raise ReviewFileError(f"{where}: run {run!r} generated no labels for image {image_id}")
+        for row in rows:
             if row.field in ACTION_UNITS:
                 given: Any = row.field in answers.get("aus", [])
             elif row.field == "expression":
@@ -125,6 +124,4 @@ def read_label_studio(session: Session, path: Path, reviewer: str | None = None)
             else:
                 given = answers.get(row.field)
             decisions.append(_decide(where, run, image_id, who, row.field, row.value, given))
-        if not found:
-            raise ReviewFileError(f"{where}: run {run!r} generated no labels for image {image_id}")
-    return ReadReviews(decisions, unannotated)
+    return ReadReviews(decisions, len(tasks) - len(annotated))
