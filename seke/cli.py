@@ -774,6 +774,35 @@ def benchmark(
     _print_scores(result)
 
 
+@app.command("export-benchmark")
+def export_benchmark(
+    lmms_eval: Annotated[Path, typer.Option("--lmms-eval", help="Folder for the lmms-eval task (feab.yaml, utils.py, dataset/).")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N FEAB images.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the folder even if it is not empty.")] = False,
+) -> None:
+    """Write FEAB as an lmms-eval task: `lmms_eval --include_path DIR --tasks feab` scores with seke's metrics."""
+    from core.db import session_scope
+    from core.store import open_store
+    from tasks.benchmark.lmms_eval_export import TASK_NAME, write_lmms_eval_task
+    from tasks.benchmark.runner import feab_items
+    from tasks.export import ExportError, check_out_dir
+
+    settings = get_settings()
+    try:
+        check_out_dir(lmms_eval, overwrite=force)
+    except ExportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--lmms-eval") from exc
+    _ready(settings)
+    with session_scope(settings) as session:
+        items = feab_items(session, limit)
+    if not items:
+        raise typer.BadParameter("no FEAB images: import data and run `seke split` first")
+    with console.status(f"writing {len(items)} FEAB images …"):
+        path = write_lmms_eval_task(items, open_store(settings), lmms_eval, overwrite=force)
+    console.print(f"[green]{len(items)} FEAB images[/green] written as lmms-eval task {TASK_NAME!r} to {path}")
+    console.print(f"run it: lmms_eval --model <model> --include_path {path} --tasks {TASK_NAME}  (seke must be importable there)")
+
+
 def _print_scores(result: BenchmarkResult) -> None:
     """The headline columns of Table 2 (per-AU F1 is in the artifact, the charts and the database)."""
     from tasks.benchmark.paper import SCORED_AU_MEAN_COLUMN, TABLE2_ALL_COLUMN

@@ -17,21 +17,8 @@ from models.labels import ACTION_UNITS
 from models.orm import BenchmarkRun, Run, UAMCStep
 from seke.cli import app
 from tasks.export import export_run
-from tests.helpers import prepared_settings, use
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-@pytest.fixture
-def cli_env(postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings = prepared_settings(postgres_admin_url, tmp_path, demo)
-    use(settings, monkeypatch)
-    monkeypatch.delenv("SEKE_VLLM_BASE_URL", raising=False)
-    # The CLI sets these defaults in the process environment: restored after the test.
-    for key in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(key, str(tmp_path / "prefect") if key == "PREFECT_HOME" else "false" if "ANALYTICS" in key else "1")
-    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "500")
-    return settings
 
 
 def test_benchmark_on_the_simulator_is_named_after_it(cli_env: Settings) -> None:
