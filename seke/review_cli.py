@@ -12,6 +12,8 @@ from rich.table import Table
 review_app = typer.Typer(help="Human review of generated labels.", no_args_is_help=True)
 console = Console()
 
+TOOLS = ("label-studio", "argilla")
+
 
 @review_app.command("queue")
 def queue(
@@ -45,32 +47,40 @@ def queue(
 @review_app.command("export")
 def export(
     run: Annotated[str, typer.Argument(help="Run name.")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder for config.xml and tasks.json.")],
-    to: Annotated[str, typer.Option("--to", help="label-studio")] = "label-studio",
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder for config.xml and tasks.json (Label Studio), or the Argilla dataset folder.")
+    ],
+    to: Annotated[str, typer.Option("--to", help="label-studio or argilla")] = "label-studio",
 ) -> None:
-    """Write a run's generated labels as review tasks for Label Studio."""
+    """Write a run's generated labels as review tasks for Label Studio, or as an Argilla dataset folder."""
     from core.config import get_settings
     from core.db import session_scope
     from core.store import open_store
-    from tasks.review_export import export_label_studio
+    from tasks.review_export import export_argilla, export_label_studio
 
-    if to != "label-studio":
-        raise typer.BadParameter(f"unsupported --to {to!r}; expected label-studio")
+    if to not in TOOLS:
+        raise typer.BadParameter(f"unsupported --to {to!r}; expected {' or '.join(TOOLS)}")
     settings = get_settings()
     with session_scope(settings) as session:
         try:
-            config, tasks = export_label_studio(session, open_store(settings), run, out_dir)
+            if to == "argilla":
+                folder = export_argilla(session, open_store(settings), run, out_dir)
+                console.print(f"wrote {folder}: load it with rg.Dataset.from_disk({str(folder)!r}) (README, Human review)")
+            else:
+                config, tasks = export_label_studio(session, open_store(settings), run, out_dir)
+                console.print(f"wrote {config} and {tasks}")
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
-    console.print(f"wrote {config} and {tasks}")
 
 
 @review_app.command("import")
 def import_reviews(
-    file: Annotated[Path, typer.Argument(help="Label Studio's JSON export of the project.")],
-    source: Annotated[str, typer.Option("--from", help="label-studio")] = "label-studio",
+    file: Annotated[
+        Path, typer.Argument(help="Label Studio's JSON export, or the folder (or records.json) Argilla's to_disk wrote.")
+    ],
+    source: Annotated[str, typer.Option("--from", help="label-studio or argilla")] = "label-studio",
     reviewer: Annotated[
-        str | None, typer.Option("--reviewer", help="Name every decision by; default: the annotator Label Studio names.")
+        str | None, typer.Option("--reviewer", help="Name every decision by; default: the annotator the tool names.")
     ] = None,
 ) -> None:
     """Store people's decisions from a review tool's export: all of the file, or nothing of it."""
@@ -79,13 +89,14 @@ def import_reviews(
     from core.config import get_settings
     from core.db import session_scope
     from tasks.review import record_reviews
-    from tasks.review_import import read_label_studio
+    from tasks.review_import import read_argilla, read_label_studio
 
-    if source != "label-studio":
-        raise typer.BadParameter(f"unsupported --from {source!r}; expected label-studio")
+    if source not in TOOLS:
+        raise typer.BadParameter(f"unsupported --from {source!r}; expected {' or '.join(TOOLS)}")
+    reader = read_argilla if source == "argilla" else read_label_studio
     with session_scope(get_settings()) as session:
         try:
-            read = read_label_studio(session, file, reviewer)
+            read = reader(session, file, reviewer)
             record_reviews(session, read.decisions)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="FILE") from error

@@ -1,13 +1,19 @@
-"""Label Studio export of a run for human review: a labeling config and tasks with the model's predictions.
+"""A run's generated labels for human review, as Label Studio tasks or an Argilla dataset folder.
 
-Each task's one prediction carries the run's values; its `score` is 1 - the image's largest field
-uncertainty, because Label Studio reads score as confidence and sorts lowest first.
+Label Studio: a labeling config and tasks whose one prediction carries the run's values; its `score` is
+1 - the image's largest field uncertainty, because Label Studio reads score as confidence and sorts
+lowest first. Argilla: one record per image with a suggestion per question (score 1 - that field's
+uncertainty) and the image's uncertainty as metadata to sort by.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
+import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -18,6 +24,7 @@ from sqlalchemy.orm import Session
 from core.store import LocalStore, ObjectStore, S3Store
 from models.labels import ACTION_UNITS, EXPRESSIONS
 from models.orm import Annotation, Image, Run
+from tasks.export import check_out_dir
 from tasks.prompts import SUMMARY_TEMPLATE
 
 #: Presigned image links stay valid this long (seconds).
@@ -52,7 +59,29 @@ def image_url(store: ObjectStore, key: str) -> str:
     return f"/data/local-files/?d={store._path(key)}"
 
 
-def label_studio_tasks(session: Session, store: ObjectStore, run_name: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ReviewItem:
+    """One image's generated fields in a run, as a review tool gets them."""
+
+    image: Image
+    fields: list[Annotation]
+
+    @property
+    def uncertainty(self) -> float:
+        """The largest field uncertainty: the image is as doubtful as its least certain field."""
+        return max((a.uncertainty for a in self.fields if a.uncertainty is not None), default=0.0)
+
+    @property
+    def present_aus(self) -> list[str]:
+        return [a.field for a in self.fields if a.field in ACTION_UNITS and a.value_bool]
+
+    @property
+    def call_id(self) -> int | None:
+        return self.fields[0].summary_call_id
+
+
+def review_items(session: Session, run_name: str) -> list[ReviewItem]:
+    """The run's images with generated fields, by image id; ValueError for an unknown run."""
     run = session.scalar(select(Run).where(Run.name == run_name))
     if run is None:
         raise ValueError(f"no run named {run_name!r}")
@@ -67,30 +96,34 @@ def label_studio_tasks(session: Session, store: ObjectStore, run_name: str) -> l
     for annotation, image in rows:
         by_image[image.id].append(annotation)
         images[image.id] = image
-    version = f"{run_name}/{SUMMARY_TEMPLATE[0]}-v{SUMMARY_TEMPLATE[1]}"
+    return [ReviewItem(images[image_id], fields) for image_id, fields in by_image.items()]
+
+
+def model_version(run_name: str) -> str:
+    return f"{run_name}/{SUMMARY_TEMPLATE[0]}-v{SUMMARY_TEMPLATE[1]}"
+
+
+def label_studio_tasks(session: Session, store: ObjectStore, run_name: str) -> list[dict[str, Any]]:
     tasks = []
-    for image_id, fields in by_image.items():
+    for item in review_items(session, run_name):
         result: list[dict[str, Any]] = []
-        aus = [a.field for a in fields if a.field in ACTION_UNITS and a.value_bool]
-        for a in fields:
+        for a in item.fields:
             if a.field == "expression":
                 result.append(_result("expression", "choices", {"choices": [a.value_text]}))
             elif a.field in ("valence", "arousal"):
                 result.append(_result(a.field, "number", {"number": a.value_number}))
-        if any(a.field in ACTION_UNITS for a in fields):
-            result.append(_result("aus", "choices", {"choices": aus}))
-        uncertainty = max((a.uncertainty for a in fields if a.uncertainty is not None), default=0.0)
-        calls = {a.field: a.summary_call_id for a in fields}
+        if any(a.field in ACTION_UNITS for a in item.fields):
+            result.append(_result("aus", "choices", {"choices": item.present_aus}))
         tasks.append(
             {
                 "data": {
-                    "image": image_url(store, images[image_id].object_key),
-                    "image_id": image_id,
+                    "image": image_url(store, item.image.object_key),
+                    "image_id": item.image.id,
                     "run": run_name,
-                    "call_id": next(iter(calls.values())),
-                    "uncertainty": uncertainty,
+                    "call_id": item.call_id,
+                    "uncertainty": item.uncertainty,
                 },
-                "predictions": [{"model_version": version, "score": 1.0 - uncertainty, "result": result}],
+                "predictions": [{"model_version": model_version(run_name), "score": 1.0 - item.uncertainty, "result": result}],
             }
         )
     return tasks
@@ -110,3 +143,110 @@ def export_label_studio(session: Session, store: ObjectStore, run_name: str, out
         partial.write_text(content, encoding="utf-8")
         partial.replace(path)
     return config, tasks_file
+
+
+# Argilla 2.x: the folder `Dataset.to_disk` writes and `Dataset.from_disk` reads (.argilla/dataset.json,
+# .argilla/settings.json, records.json), written as plain JSON because the SDK will not build a dataset
+# without a reachable server.
+ARGILLA_NUMBER_QUESTIONS = ("valence", "arousal")  # RatingQuestion takes integers 0-10 only: a number as text
+
+
+def argilla_settings() -> dict[str, Any]:
+    """Image field; expression (one label), AUs (any), valence/arousal (a number as text); uncertainty as a
+    float metadata property, because the SDK cannot sort by suggestion score and the UI can sort by metadata."""
+
+    def options(values: tuple[str, ...]) -> list[dict[str, str]]:
+        return [{"text": v, "value": v} for v in values]
+
+    def question(name: str, settings: dict[str, Any], description: str) -> dict[str, Any]:
+        # Nothing is required: a value cleared before submitting is a reject, as in Label Studio.
+        return {"name": name, "title": name, "description": description, "required": False, "settings": settings}
+
+    def metadata(name: str, kind: str) -> dict[str, Any]:
+        settings: dict[str, Any] = {"type": kind, "visible_for_annotators": True}
+        settings.update({"values": None} if kind == "terms" else {"min": None, "max": None})
+        return {"name": name, "title": name, "visible_for_annotators": True, "settings": settings}
+
+    number = "A number in [-1, 1]; clear it to reject the model's value."
+    return {
+        "guidelines": "Check the model's suggestions for this face; correct what is wrong, clear what cannot be told.",
+        "allow_extra_metadata": False,
+        "distribution": {"strategy": "overlap", "min_submitted": 1},
+        "fields": [{"name": "image", "title": "image", "required": True, "settings": {"type": "image"}}],
+        "questions": [
+            question("expression", {"type": "label_selection", "options": options(EXPRESSIONS)}, "The one expression."),
+            question("aus", {"type": "multi_label_selection", "options": options(ACTION_UNITS), "options_order": "natural"},
+                     "Every action unit present."),
+            *(question(name, {"type": "text", "use_markdown": False}, number) for name in ARGILLA_NUMBER_QUESTIONS),
+        ],  # fmt: skip
+        "vectors": [],
+        "metadata": [metadata("uncertainty", "float"), metadata("image_id", "integer"), metadata("call_id", "integer"),
+                     metadata("run", "terms")],  # fmt: skip
+        "mapping": None,
+    }
+
+
+def argilla_image(store: ObjectStore, image: Image) -> str:
+    """A presigned S3 link; for a local store the image itself as a data URI (Argilla cannot read local paths)."""
+    if isinstance(store, S3Store):
+        return image_url(store, image.object_key)
+    mime = "jpeg" if image.format.upper() in ("JPG", "JPEG") else image.format.lower()
+    return f"data:image/{mime};base64,{base64.b64encode(store.get_bytes(image.object_key)).decode('ascii')}"
+
+
+def argilla_records(session: Session, store: ObjectStore, run_name: str) -> list[dict[str, Any]]:
+    """One record per image, the run's values as suggestions (score 1 − the field's uncertainty, agent the
+    run and prompt version), in the shape of Argilla's `Record.to_dict`."""
+    agent = model_version(run_name)
+    records = []
+    for item in review_items(session, run_name):
+        suggestions: dict[str, dict[str, Any]] = {}
+        for a in item.fields:
+            score = None if a.uncertainty is None else 1.0 - a.uncertainty
+            if a.field == "expression":
+                suggestions["expression"] = {"value": a.value_text, "score": score, "agent": agent}
+            elif a.field in ARGILLA_NUMBER_QUESTIONS and a.value_number is not None:
+                suggestions[a.field] = {"value": f"{a.value_number:g}", "score": score, "agent": agent}
+        au_fields = [a for a in item.fields if a.field in ACTION_UNITS]
+        if au_fields:
+            au_uncertainty = au_fields[0].uncertainty  # UAMC's uncertainty of the AU task, the same on each AU
+            suggestions["aus"] = {
+                "value": item.present_aus, "score": None if au_uncertainty is None else 1.0 - au_uncertainty, "agent": agent,
+            }  # fmt: skip
+        records.append(
+            {
+                "id": f"{run_name}:{item.image.id}",
+                "fields": {"image": argilla_image(store, item.image)},
+                "metadata": {"uncertainty": item.uncertainty, "image_id": item.image.id, "call_id": item.call_id, "run": run_name},
+                "suggestions": suggestions,
+                "responses": {},
+                "vectors": {},
+                "status": "pending",
+                "_server_id": None,
+            }
+        )
+    return records
+
+
+def export_argilla(session: Session, store: ObjectStore, run_name: str, out_dir: Path) -> Path:
+    """Write the Argilla dataset folder (for `rg.Dataset.from_disk`) at out_dir, whole or not at all."""
+    check_out_dir(out_dir, overwrite=False)
+    records = argilla_records(session, store, run_name)
+    dataset = {"name": f"{run_name}-review", "guidelines": None, "allow_extra_metadata": False, "status": "draft",
+               "distribution": None, "workspace_id": None, "id": None, "inserted_at": None, "updated_at": None,
+               "last_activity_at": None}  # fmt: skip
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        (staging / ".argilla").mkdir()
+        (staging / ".argilla" / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
+        (staging / ".argilla" / "settings.json").write_text(json.dumps(argilla_settings()), encoding="utf-8")
+        (staging / "records.json").write_text(json.dumps(records), encoding="utf-8")
+        check_out_dir(out_dir, overwrite=False)  # still true after the write
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

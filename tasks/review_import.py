@@ -1,14 +1,17 @@
-"""Reading reviews back: Label Studio's JSON export of a project seeded by `seke review export`.
+"""Reading reviews back from a project seeded by `seke review export`: Label Studio's JSON export, or
+the records.json of the folder Argilla's `Dataset.to_disk` writes.
 
-Each exported task carries the `data` seke wrote (`run`, `image_id`) and the annotations people made.
-Per task the latest annotation that was not cancelled counts; it is compared, field by field, with what
-the run generated for the image (read from Postgres, so AUs predicted absent are reviewed too):
+Each exported task (record) carries what seke wrote (`run`, `image_id`) and the answers people gave.
+In Label Studio the latest annotation that was not cancelled counts; in Argilla the one user who
+answered the record (seke keeps one decision per field, so a record answered by several users is
+refused). The answers are compared, field by field, with what the run generated for the image (read
+from Postgres, so AUs predicted absent are reviewed too):
 
 - expression, valence, arousal: the same value (numbers within 1e-9) is an accept, another value a
   correction, no value where the run had one a reject;
 - each AU: ticked or not in the multi-choice `aus`, an accept when it matches the run, else a correction.
 
-Tasks nobody annotated are left out (they stay in the review queue).
+Tasks and records nobody answered are left out (they stay in the review queue).
 """
 
 from __future__ import annotations
@@ -21,11 +24,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.labels import ACTION_UNITS
+from models.labels import ACTION_UNITS, EXPRESSIONS
 from models.orm import Run
 from tasks.review import ReviewDecision, ReviewFileError, generated_annotations
 
 NUMBER_TOLERANCE = 1e-9
+
+
+#: One reviewed image: where (file, task or record), run, image id, answers, reviewer. Answers are in the
+#: Label Studio config's terms: {"expression": [label], "aus": [ticked AUs], "valence": x, "arousal": y}.
+Reviewed = tuple[str, str, int, dict[str, Any], str]
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,18 @@ def _answers(annotation: dict[str, Any], where: str) -> dict[str, Any]:
             answers[name] = choices
         elif name in ("valence", "arousal"):
             answers[name] = value.get("number")
+    _check_answers(answers, where)
+    return answers
+
+
+def _check_answers(answers: dict[str, Any], where: str) -> None:
     unknown = set(answers.get("aus", [])) - set(ACTION_UNITS)
     if unknown:
-        raise ReviewFileError(f"{where}, field aus: unknown action unit(s) {', '.join(sorted(unknown))}")
+        raise ReviewFileError(f"{where}, field aus: unknown action unit(s) {', '.join(sorted(map(str, unknown)))}")
     if len(answers.get("expression", [])) > 1:
         raise ReviewFileError(f"{where}, field expression: {len(answers['expression'])} choices where one is expected")
-    return answers
+    if answers.get("expression") and answers["expression"][0] not in EXPRESSIONS:
+        raise ReviewFileError(f"{where}, field expression: {answers['expression'][0]!r} is not one of {', '.join(EXPRESSIONS)}")
 
 
 def _decide(where: str, run: str, image_id: int, reviewer: str, field: str, model: Any, given: Any) -> ReviewDecision:
@@ -93,7 +107,7 @@ def read_label_studio(session: Session, path: Path, reviewer: str | None = None)
         raise ReviewFileError(f"{path}: not a readable Label Studio JSON export ({error})") from None
     if not isinstance(tasks, list):
         raise ReviewFileError(f"{path}: a Label Studio JSON export is a list of tasks")
-    annotated: list[tuple[str, str, int, dict[str, Any], str]] = []  # where, run, image, answers, reviewer
+    annotated: list[Reviewed] = []
     for number, task in enumerate(tasks, start=1):
         where = f"{path.name}: task {task.get('id', f'#{number}') if isinstance(task, dict) else f'#{number}'}"
         if not isinstance(task, dict):
@@ -105,6 +119,11 @@ def read_label_studio(session: Session, path: Path, reviewer: str | None = None)
         annotation = _latest(task, where)
         if annotation is not None:
             annotated.append((where, run, image_id, _answers(annotation, where), reviewer or _reviewer(annotation)))
+    return ReadReviews(_decisions(session, annotated), len(tasks) - len(annotated))
+
+
+def _decisions(session: Session, annotated: list[Reviewed]) -> list[ReviewDecision]:
+    """Each reviewed image's answers compared, field by field, with what its run generated."""
     runs: dict[str, int] = dict(
         session.execute(select(Run.name, Run.id).where(Run.name.in_({a[1] for a in annotated}))).all()
     )
@@ -124,4 +143,65 @@ def read_label_studio(session: Session, path: Path, reviewer: str | None = None)
             else:
                 given = answers.get(row.field)
             decisions.append(_decide(where, run, image_id, who, row.field, row.value, given))
-    return ReadReviews(decisions, len(tasks) - len(annotated))
+    return decisions
+
+
+def _argilla_number(value: Any, where: str, field: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ReviewFileError(f"{where}, field {field}: {value!r} is not a number") from None
+    if not -1.0 <= number <= 1.0:
+        raise ReviewFileError(f"{where}, field {field}: {number:g} is outside [-1, 1]")
+    return number
+
+
+def _argilla_reviewer(user_id: object) -> str:
+    """`argilla-` and the first 12 hex digits of the user's UUID: reviewer names fit MAX_REVIEWER (25)."""
+    return f"argilla-{str(user_id).replace('-', '')[:12]}"
+
+
+def read_argilla(session: Session, path: Path, reviewer: str | None = None) -> ReadReviews:
+    """The decisions in an Argilla dataset folder (or its records.json); ReviewFileError naming the record and field."""
+    records_file = path / "records.json" if path.is_dir() else path
+    try:
+        records = json.loads(records_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReviewFileError(f"{records_file}: not a readable Argilla records.json ({error})") from None
+    if not isinstance(records, list):
+        raise ReviewFileError(f"{records_file}: Argilla's records.json is a list of records")
+    annotated: list[Reviewed] = []
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise ReviewFileError(f"{records_file.name}: record #{number}: not a JSON object")
+        where = f"{records_file.name}: record {record.get('id') or f'#{number}'}"
+        metadata = record.get("metadata") or {}
+        run, image_id = metadata.get("run"), metadata.get("image_id")
+        if not isinstance(run, str) or not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise ReviewFileError(f"{where}: metadata.run and metadata.image_id (written by seke review export) are missing")
+        responses = record.get("responses") or {}
+        if not isinstance(responses, dict):
+            raise ReviewFileError(f"{where}: 'responses' is not an object of questions")
+        users = {r.get("user_id") for answers in responses.values() for r in (answers or []) if isinstance(r, dict)}
+        if not users:
+            continue
+        if len(users) > 1:
+            raise ReviewFileError(
+                f"{where}: answered by {len(users)} users; seke keeps one decision per field, so keep one user's responses"
+            )
+        answers: dict[str, Any] = {}
+        for field, given in responses.items():
+            value = given[0].get("value") if given else None
+            if value is None:
+                continue
+            if field in ("valence", "arousal"):
+                answers[field] = _argilla_number(value, where, field)
+            elif field == "expression":
+                answers[field] = [value]
+            elif field == "aus":
+                if not isinstance(value, list):
+                    raise ReviewFileError(f"{where}, field aus: {value!r} is not a list of action units")
+                answers[field] = value
+        _check_answers(answers, where)
+        annotated.append((where, run, image_id, answers, reviewer or _argilla_reviewer(users.pop())))
+    return ReadReviews(_decisions(session, annotated), len(records) - len(annotated))

@@ -39,6 +39,7 @@ COMMANDS = [
     ("annotate",),
     ("finetune",),
     ("benchmark",),
+    ("export-benchmark",),
     ("pipeline",),
     ("demo",),
     ("audit",),

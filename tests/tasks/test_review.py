@@ -307,3 +307,112 @@ def test_decisions_become_human_labels_of_the_reviewer_with_provenance(annotated
         with pytest.raises(ReviewFileError, match="longer than 25"):
             record_reviews(session, [ReviewDecision("task 7", "v1", au.image_id, au.field, "x" * 26, "accept")])
         assert labels() == before
+
+
+def test_an_argilla_folder_goes_out_with_suggestions_and_comes_back_as_decisions_or_not_at_all(
+    annotated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import json
+    import re
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from core.store import open_store
+    from models.labels import EXPRESSIONS
+    from models.orm import Image
+    from seke.cli import app
+
+    use(annotated, monkeypatch)
+    out = tmp_path / "argilla"
+    exported = CliRunner().invoke(app, ["review", "export", "v1", str(out), "--to", "argilla"])
+    assert exported.exit_code == 0, exported.output
+    settings = json.loads((out / ".argilla" / "settings.json").read_text())
+    assert json.loads((out / ".argilla" / "dataset.json").read_text())["name"] == "v1-review"
+    assert {q["name"]: q["settings"]["type"] for q in settings["questions"]} == {
+        "expression": "label_selection", "aus": "multi_label_selection", "valence": "text", "arousal": "text",
+    }  # fmt: skip
+    assert [o["value"] for o in settings["questions"][0]["settings"]["options"]] == list(EXPRESSIONS)
+    assert {m["name"]: m["settings"]["type"] for m in settings["metadata"]}["uncertainty"] == "float"
+    records = json.loads((out / "records.json").read_text())
+    with session_scope(annotated) as session:
+        queue = review_queue(session, "v1", top=10_000)
+        generated: dict[int, dict] = {}
+        for item in queue:
+            generated.setdefault(item.image_id, {})[item.field] = (item.value, item.uncertainty)
+        record = records[0]
+        image = session.get(Image, record["metadata"]["image_id"])
+        stored = open_store(annotated).get_bytes(image.object_key)
+    assert {r["metadata"]["image_id"] for r in records} == set(generated)
+    # A local store's image travels inside the record, as a data URI Argilla's ImageField shows.
+    assert base64.b64decode(record["fields"]["image"].split(",", 1)[1]) == stored
+    for r in records:
+        fields = generated[r["metadata"]["image_id"]]
+        if "expression" in fields:
+            value, uncertainty = fields["expression"]
+            assert r["suggestions"]["expression"]["value"] == value
+            assert r["suggestions"]["expression"]["score"] == pytest.approx(1 - uncertainty)
+        assert r["suggestions"] and all(s["agent"].startswith("v1/") for s in r["suggestions"].values())
+        assert r["metadata"]["uncertainty"] == pytest.approx(max(u for _, u in fields.values() if u is not None))
+
+    # What Argilla's to_disk writes after one person reviewed two records: responses per question. Every
+    # suggestion kept, except one more AU ticked on the first and another expression on the second.
+    user = "5f1c2a9e-0c4b-4d59-9b0e-2f7f4b8a1c33"
+
+    def answered(record: dict, **changed: object) -> None:
+        record["responses"] = {
+            q: [{"value": changed.get(q, s["value"]), "user_id": user}] for q, s in record["suggestions"].items()
+        }
+        record["status"] = "completed"
+
+    first = next(r for r in records if "aus" in r["suggestions"])
+    first_id = first["metadata"]["image_id"]
+    absent = next(au for au in ACTION_UNITS if au in generated[first_id] and not generated[first_id][au][0])
+    answered(first, aus=[*first["suggestions"]["aus"]["value"], absent])
+    # The second: another value for its first non-AU suggestion (the first images may carry no generated expression).
+    second = next(r for r in records if set(r["suggestions"]) - {"aus"} and r is not first)
+    second_id = second["metadata"]["image_id"]
+    question = sorted(set(second["suggestions"]) - {"aus"})[0]
+    suggested = second["suggestions"][question]["value"]
+    if question == "expression":
+        other: object = next(e for e in EXPRESSIONS if e != suggested)
+        answered(second, expression=other)
+    else:
+        other = 0.5 if float(suggested) != 0.5 else -0.5
+        answered(second, **{question: f"{other}"})
+    reviewed = tmp_path / "reviewed"
+    shutil.copytree(out, reviewed)
+
+    def write(folder: Path, rows: list[dict]) -> Path:
+        (folder / "records.json").write_text(json.dumps(rows))
+        return folder
+
+    third = next(i for i, r in enumerate(records) if r is not first and r is not second)
+    bad_number = json.loads(json.dumps(records))
+    bad_number[third]["responses"] = {"valence": [{"value": "quite high", "user_id": user}]}
+    two_users = json.loads(json.dumps(records))
+    two_users[third]["responses"] = {
+        "expression": [{"value": EXPRESSIONS[0], "user_id": user}, {"value": EXPRESSIONS[1], "user_id": "someone-else"}]
+    }
+    for name, rows, reason in [
+        ("number", bad_number, f"record {records[third]['id']}, field valence: 'quite high' is not a number"),
+        ("users", two_users, f"record {records[third]['id']}: answered by 2 users"),
+    ]:
+        folder = shutil.copytree(out, tmp_path / name)
+        result = CliRunner().invoke(app, ["review", "import", str(write(folder, rows)), "--from", "argilla"])
+        assert result.exit_code == 2 and reason in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+        with session_scope(annotated) as session:
+            assert session.query(Review).count() == 0
+
+    result = CliRunner().invoke(app, ["review", "import", str(write(reviewed, records)), "--from", "argilla"])
+    assert result.exit_code == 0, result.output
+    with session_scope(annotated) as session:
+        rows = {(r.image_id, r.field): r for r in session.query(Review)}
+    assert {r.reviewer for r in rows.values()} == {"argilla-5f1c2a9e0c4b"}
+    for image_id in (first_id, second_id):  # every generated field of a reviewed image, AUs predicted absent too
+        assert {f for i, f in rows if i == image_id} == set(generated[image_id])
+    corrected = {key: r.corrected_value for key, r in rows.items() if r.decision == "correct"}
+    assert corrected == {(first_id, absent): True, (second_id, question): other}
+    assert all(r.decision == "accept" for key, r in rows.items() if key not in corrected)
+    assert f"{len(records) - 2} tasks not annotated" in result.output
