@@ -548,8 +548,10 @@ def _print_report(report: RunReport) -> None:
     table.add_row("model", report.model + ("  [yellow](simulator)[/yellow]" if report.simulated else ""))
     table.add_row("images", ", ".join(f"{k}: {v}" for k, v in report.images.items()))
     if report.derived_from:
+        why = f" (another configuration: {'; '.join(report.differs_from_origin)})" if report.differs_from_origin else ""
         table.add_row(
-            "version", f"derived from {report.derived_from}: {report.kept_from_origin} images kept, {report.reannotated} annotated again"
+            "version",
+            f"derived from {report.derived_from}: {report.kept_from_origin} images kept, {report.reannotated} annotated again{why}",
         )
     table.add_row("calls", f"{report.calls} ({report.invalid_calls} invalid answers)")
     if report.shared_choices is not None:

@@ -191,6 +191,8 @@ class RunReport(BaseModel):
     #: A version derived with --from: its origin, the images whose results it kept, those annotated again.
     derived_from: str | None = None
     kept_from_origin: int = 0
+    #: Why every image was annotated again: the settings in which the version differs from its origin.
+    differs_from_origin: list[str] = Field(default_factory=list)
     reannotated: int = 0
 
 
@@ -210,6 +212,7 @@ def run_report(session: Session, run_id: int) -> RunReport:
     origin = run.config.get("derived_from") or {}
     report.derived_from = origin.get("run")
     report.kept_from_origin, report.reannotated = origin.get("kept", 0), origin.get("reannotated", 0)
+    report.differs_from_origin = origin.get("config_differences", [])
     # From the summary kept by trigger (migration 0005): a few rows, not a scan of the run's calls.
     calls, invalid, tokens_in, tokens_out, tokens_cached, cost = session.execute(
         select(

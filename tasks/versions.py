@@ -100,8 +100,8 @@ def derive_run(session: Session, run_id: int) -> Derivation | None:
     image_ids = list(
         session.scalars(select(RunImage.image_id).where(RunImage.run_id == origin.id).order_by(RunImage.image_id))
     )
-    same_inputs = not config_differences(origin, run.config["annotate"], run.model, run.kind)
-    again = changed_images(session, origin, config) if same_inputs else set(image_ids)
+    differences = config_differences(origin, run.config["annotate"], run.model, run.kind)
+    again = set(image_ids) if differences else changed_images(session, origin, config)
     kept = [i for i in image_ids if i not in again]
     if kept:
         _copy_results(session, origin.id, run_id, kept)
@@ -110,7 +110,10 @@ def derive_run(session: Session, run_id: int) -> Derivation | None:
         session.execute(insert(RunImage), [{"run_id": run_id, "image_id": i} for i in fresh])
     run.config = {
         **run.config,
-        "derived_from": {"run": origin.name, "run_id": origin.id, "kept": len(kept), "reannotated": len(fresh)},
+        "derived_from": {
+            "run": origin.name, "run_id": origin.id, "kept": len(kept), "reannotated": len(fresh),
+            "config_differences": differences,
+        },  # fmt: skip
     }
     session.flush()
     return Derivation(origin.name, len(kept), len(fresh))

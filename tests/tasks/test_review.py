@@ -309,9 +309,10 @@ def test_decisions_become_human_labels_of_the_reviewer_with_provenance(annotated
         assert labels() == before
 
 
-def test_an_argilla_folder_goes_out_with_suggestions_and_comes_back_as_decisions_or_not_at_all(
-    annotated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_argilla_round_trip_from_the_command_line_reviews_what_the_next_version_reannotates(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """annotate → review export --to argilla → (a person in Argilla) → review import → annotate --from → export."""
     import base64
     import json
     import re
@@ -324,7 +325,11 @@ def test_an_argilla_folder_goes_out_with_suggestions_and_comes_back_as_decisions
     from models.orm import Image
     from seke.cli import app
 
+    annotated = prepared_settings(postgres_admin_url, tmp_path, demo)
     use(annotated, monkeypatch)
+    monkeypatch.delenv("SEKE_VLLM_BASE_URL", raising=False)  # the CLI's built-in simulator answers
+    v1 = CliRunner().invoke(app, ["annotate", "--run", "v1", "--limit", "8"])
+    assert v1.exit_code == 0, v1.output
     out = tmp_path / "argilla"
     exported = CliRunner().invoke(app, ["review", "export", "v1", str(out), "--to", "argilla"])
     assert exported.exit_code == 0, exported.output
@@ -384,6 +389,9 @@ def test_an_argilla_folder_goes_out_with_suggestions_and_comes_back_as_decisions
     reviewed = tmp_path / "reviewed"
     shutil.copytree(out, reviewed)
 
+    def flat(output: str) -> str:  # the words of rich's output, without its boxes and line breaks
+        return " ".join(re.sub("[│╭╮╰╯─┌┐└┘├┤┬┴┼]", " ", output).split())
+
     def write(folder: Path, rows: list[dict]) -> Path:
         (folder / "records.json").write_text(json.dumps(rows))
         return folder
@@ -401,7 +409,7 @@ def test_an_argilla_folder_goes_out_with_suggestions_and_comes_back_as_decisions
     ]:
         folder = shutil.copytree(out, tmp_path / name)
         result = CliRunner().invoke(app, ["review", "import", str(write(folder, rows)), "--from", "argilla"])
-        assert result.exit_code == 2 and reason in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+        assert result.exit_code == 2 and reason in flat(result.output), result.output
         with session_scope(annotated) as session:
             assert session.query(Review).count() == 0
 
@@ -416,3 +424,17 @@ def test_an_argilla_folder_goes_out_with_suggestions_and_comes_back_as_decisions
     assert corrected == {(first_id, absent): True, (second_id, question): other}
     assert all(r.decision == "accept" for key, r in rows.items() if key not in corrected)
     assert f"{len(records) - 2} tasks not annotated" in result.output
+
+    # The next version: only the two reviewed images are annotated again, and the export marks the decisions.
+    v2 = CliRunner().invoke(app, ["annotate", "--run", "v2", "--from", "v1"])
+    assert v2.exit_code == 0, v2.output
+    assert f"derived from v1: {len(records) - 2} images kept, 2 annotated again" in flat(v2.output)
+    exported = CliRunner().invoke(app, ["export", "v1", "--out", str(tmp_path / "feid-v1"), "--reference-images"])
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in (tmp_path / "feid-v1" / "feid.jsonl").read_text().splitlines()]
+    # Another configuration keeps nothing, and says why.
+    v3 = CliRunner().invoke(app, ["annotate", "--run", "v3", "--from", "v1", "--no-shared-prefill"])
+    assert v3.exit_code == 0, v3.output
+    assert "0 images kept, 8 annotated again (another configuration: shared_prefill: True → False)" in flat(v3.output)
+    marked = {(line["id"], field): mark["decision"] for line in lines for field, mark in line["reviewed"].items()}
+    assert sorted(marked.values()) == sorted(r.decision for r in rows.values())
