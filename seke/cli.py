@@ -33,6 +33,7 @@ from seke.review_cli import review_app
 
 if TYPE_CHECKING:
     from flows.benchmark import BenchmarkResult
+    from tasks.config import AnnotateConfig
     from tasks.ingest import IngestReport
     from simulator.server import SimulatorConfig
     from tasks.runs import RunReport
@@ -913,6 +914,24 @@ batch_app = typer.Typer(help="Batch mode's rounds as files, for `vllm run-batch`
 app.add_typer(batch_app, name="batch")
 
 
+# Off by default, as file rounds were before the option: a run's rounds must all be made the same way
+# (a run refuses another configuration), so pass the same choice to every export-round and import-round.
+RoundSharedPrefill = Annotated[
+    bool,
+    typer.Option(help="The first samples as one line asking n choices (vLLM's batch runner takes n); "
+                 "give the same choice to every round of the run."),
+]  # fmt: skip
+RoundPromptLayout = Annotated[
+    PromptLayoutChoice, typer.Option(help="paper or cached (see `seke annotate --help`); the same for every round.")
+]
+
+
+def _round_config(seed: int, shared_prefill: bool, prompt_layout: PromptLayoutChoice) -> AnnotateConfig:
+    from tasks.config import AnnotateConfig
+
+    return AnnotateConfig(seed=seed, shared_prefill=shared_prefill, prompt_layout=prompt_layout.value)
+
+
 @batch_app.command("export-round")
 def batch_export_round(
     run: Annotated[str, typer.Argument(help="Run name (created if new).", callback=_valid_name)],
@@ -920,13 +939,15 @@ def batch_export_round(
     limit: Annotated[int | None, typer.Option(min=1, help="A new run: annotate at most the first N FEID images.")] = None,
     seed: int = 0,
     model: Annotated[str | None, typer.Option(help="Model name in the requests (default SEKE_VLLM_MODEL).")] = None,
+    shared_prefill: RoundSharedPrefill = False,
+    prompt_layout: RoundPromptLayout = PromptLayoutChoice.paper,
 ) -> None:
     """Write the run's next round of requests; run it with `vllm run-batch -i in.jsonl -o out.jsonl`."""
     from flows.batch import offline_runner
-    from tasks.annotate import AnnotateConfig
 
     _ready(get_settings())
-    lines = offline_runner(run, AnnotateConfig(seed=seed), limit, model, 1.0).export_round()
+    config = _round_config(seed, shared_prefill, prompt_layout)
+    lines = offline_runner(run, config, limit, model, 1.0).export_round()
     out.write_bytes(b"".join(lines))
     console.print(f"{len(lines)} requests written to {out}" if lines else f"run {run!r}: no request left, every image is answered")
 
@@ -938,13 +959,15 @@ def batch_import_round(
     seed: int = 0,
     model: Annotated[str | None, typer.Option(help="Model name the run was exported with.")] = None,
     price_factor: Annotated[float, typer.Option(min=0, help="Price relative to the configured per-token prices.")] = 1.0,
+    shared_prefill: RoundSharedPrefill = False,
+    prompt_layout: RoundPromptLayout = PromptLayoutChoice.paper,
 ) -> None:
     """Store a round's answered lines as calls (idempotent); then export the next round."""
     from flows.batch import offline_runner
-    from tasks.annotate import AnnotateConfig
 
     _ready(get_settings())
-    plan = offline_runner(run, AnnotateConfig(seed=seed), None, model, price_factor).import_round(
+    config = _round_config(seed, shared_prefill, prompt_layout)
+    plan = offline_runner(run, config, None, model, price_factor).import_round(
         results.read_text(), results.name
     )
     console.print(f"stored {plan.stored} answers from {results} (${plan.cost_usd:.4f}); "

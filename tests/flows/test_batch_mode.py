@@ -201,6 +201,18 @@ def test_cli_annotate_batch_prints_each_round(postgres_admin_url: str, demo: Pat
                             "--out", str(tmp_path / "in.jsonl")], env=env, capture_output=True, text=True, timeout=300)
     assert files.returncode == 0, files.stdout[-2000:] + files.stderr[-3000:]
     assert "4 requests written to" in files.stdout and len((tmp_path / "in.jsonl").read_text().splitlines()) == 4
+    # File rounds with shared prefill: one line per image asking n=2 choices.
+    shared = subprocess.run([str(Path(sys.executable).parent / "seke"), "batch", "export-round", "cli-files-n", "--limit", "2",
+                             "--shared-prefill", "--out", str(tmp_path / "in-n.jsonl")], env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert shared.returncode == 0, shared.stdout[-2000:] + shared.stderr[-3000:]
+    bodies = [json.loads(line)["body"] for line in (tmp_path / "in-n.jsonl").read_text().splitlines()]
+    assert [body.get("n") for body in bodies] == [2, 2]
+    # A round made the other way is refused before anything is read, with the setting named.
+    mixed = subprocess.run([str(Path(sys.executable).parent / "seke"), "batch", "import-round", "cli-files-n",
+                            str(tmp_path / "in-n.jsonl")], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert mixed.returncode == 2 and "shared_prefill: True → False" in " ".join(mixed.stdout.split() + mixed.stderr.split())
+    assert "Traceback" not in mixed.stdout + mixed.stderr
     plan = subprocess.run([str(Path(sys.executable).parent / "seke"), "annotate", "--run", "planned", "--limit", "3", "--plan"],
                           # --plan formats the endpoint's caps, which a self-hosted endpoint leaves unset: give it some
                           env={**env, "SEKE_REQUESTS_PER_MINUTE": "3000", "SEKE_TOKENS_PER_MINUTE": "2000000"},
