@@ -132,6 +132,7 @@ class RoundPlan:
     images: Counter[str] = field(default_factory=Counter)
     stored: int = 0
     online: int = 0  # with fallback_online: unanswered lines asked online instead
+    noted_refusal: bool = False  # a stored call carries the run report's note that n > 1 was refused
     cost_usd: float = 0.0
 
 
@@ -145,17 +146,19 @@ class Line:
 
 async def plan_round(
     annotator: Annotator, image_ids: list[int], lines: dict[str, Line], config: BatchConfig,
-    concurrency: int = 32, fallback_online: bool = False,
+    concurrency: int = 32, fallback_online: bool = False, n_refused: bool = False, note_refusal: bool = False,
 ) -> RoundPlan:
     """Replay every image; store the `lines` that answer a pending request; return what is still needed.
 
     Images whose answers are all stored finish (or fail) here, committed, as online. With `fallback_online`,
     pending requests without a line are asked online now (at the online price) instead of in the next round.
+    `n_refused`: the Batch API refused a line asking n > 1 choices, so each sample is a line of its own;
+    `note_refusal`: mark the first call stored for the run report, as the online path marks its fallback.
     """
     plan = RoundPlan()
     # Without shared prefill the first samples still go in one round, as lines of their own.
     prefill = SharedPrefill(initial_samples(annotator.config.uamc))
-    shared = annotator.config.shared_prefill
+    shared = annotator.config.shared_prefill and not n_refused
     async with annotator.open() as session:
         gate = asyncio.Semaphore(concurrency)
 
@@ -188,7 +191,11 @@ async def plan_round(
         for cid, pending in plan.pending.items():
             line = lines.get(cid)
             if line is not None:
-                for key, result in zip(pending.keys, _results(session, pending, line, config), strict=True):
+                results = _results(session, pending, line, config)
+                if note_refusal and not plan.noted_refusal:
+                    results[0].request_params["shared_prefill_refused"] = True  # the run report reads it
+                    plan.noted_refusal = True
+                for key, result in zip(pending.keys, results, strict=True):
                     await session.writer.add_call(pending.state, key, pending.prompt, result, line.batch_id, cid)
                     plan.cost_usd += result.cost_usd
                 plan.stored += 1
@@ -236,6 +243,20 @@ def request_lines(pending: list[PendingCall]) -> list[bytes]:
         (json.dumps({"custom_id": p.custom_id, "method": "POST", "url": ENDPOINT, "body": p.body}) + "\n").encode()
         for p in pending
     ]
+
+
+def refuses_n(error_text: str) -> bool:
+    """Whether a batch's error file holds a line refused for asking n > 1 choices (HTTP 400 on `n`)."""
+    for raw in error_text.splitlines():
+        try:
+            response = (json.loads(raw) if raw.strip() else {}).get("response") or {}
+        except json.JSONDecodeError:
+            continue
+        body = response.get("body") if isinstance(response.get("body"), dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        if response.get("status_code") == 400 and (error.get("param") == "n" or "'n'" in str(error.get("message"))):
+            return True
+    return False
 
 
 def output_lines(text: str, batch_id: str) -> dict[str, Line]:
@@ -296,6 +317,10 @@ class BatchRunner:
         self.run_id = annotator.run_id
         uamc = annotator.config.uamc
         self.max_rounds = uamc.max_samples - initial_samples(uamc) + 3 + config.extra_rounds
+        # Set when a batch's error file shows n > 1 refused: from the next round on, one line per sample.
+        # A resumed process finds it out again from its first round's errors, once.
+        self.n_refused = False
+        self._refusal_noted = False
 
     @property
     def client(self) -> openai.OpenAI:
@@ -339,8 +364,11 @@ class BatchRunner:
         fallback = imported and self.config.fallback_online
         for start in range(0, len(images), self.config.plan_chunk):
             chunk = images[start : start + self.config.plan_chunk]
-            plan = asyncio.run(plan_round(self.annotator, chunk, lines, self.config,
-                                          fallback_online=fallback))
+            plan = asyncio.run(plan_round(
+                self.annotator, chunk, lines, self.config, fallback_online=fallback, n_refused=self.n_refused,
+                note_refusal=self.n_refused and not self._refusal_noted,
+            ))  # fmt: skip
+            self._refusal_noted |= plan.noted_refusal
             total.images.update(plan.images)
             total.requests += len(plan.pending)
             total.stored += plan.stored
@@ -410,6 +438,11 @@ class BatchRunner:
                 if batch.status in TERMINAL:
                     if batch.output_file_id:
                         lines.update(self.read_output(batch.id, batch.output_file_id))
+                    if (self.annotator.config.shared_prefill and not self.n_refused and batch.error_file_id
+                            and refuses_n(self.client.files.content(batch.error_file_id).text)):
+                        self.n_refused = True
+                        self.say(f"batch {batch.id}: the Batch API refused n > 1 choices; one line per sample "
+                                 "from the next round on")
                     del waiting[row_id]
             if waiting:
                 self.sleep(self.config.poll_s)

@@ -108,6 +108,28 @@ def test_batch_mode_matches_online_mode_at_half_the_price(
     assert savings.saved_usd == pytest.approx(online_cost * 0.5, rel=1e-3)
 
 
+def test_a_batch_api_refusing_n_gets_one_line_per_sample_with_the_same_answers_as_online(
+    postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.batch import annotate_batch_flow
+
+    online = _settings(postgres_admin_url, tmp_path / "online", demo, monkeypatch)
+    with running_simulator(SimulatorConfig()) as base_url:
+        assert _online(base_url).images == {"done": LIMIT}
+    online_results = results(online)
+
+    batch = _settings(postgres_admin_url, tmp_path / "batch", demo, monkeypatch)
+    with running_simulator(SimulatorConfig(refuse_n=True)) as base_url:
+        report = annotate_batch_flow(run_name=RUN, config=AnnotateConfig(seed=7, shared_prefill=True), limit=LIMIT,
+                                     base_url=base_url, model="seke-simulator", poll_s=0.05)  # fmt: skip
+    assert report.images == {"done": LIMIT} and report.shared_prefill_refused
+    # Round 1's n=2 lines were refused; from round 2 each sample is its own line, seeded as online.
+    assert results(batch) == online_results
+    with session_scope(batch) as session:
+        params = session.scalars(select(VLLMCall.request_params)).all()
+    assert not [p for p in params if "n" in p] and sum("shared_prefill_refused" in p for p in params) == 1
+
+
 def test_crash_after_submission_submits_no_batch_twice_and_a_large_round_is_split(
     postgres_admin_url: str, demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
