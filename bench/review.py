@@ -2,8 +2,9 @@
 
     python bench/review.py                    # demo data n=200 (its FEID split)
 
-Annotates the FEID images on the simulator, then, for (a) the 10% most uncertain generated fields
-(tasks/review.py review_queue) and (b) a seeded random 10% of them, answers each review with the
+Annotates the FEID images on the simulator as v1, once per strategy in a database of its own (same
+images, run name and seed, so the same v1: checked), then, for (a) the 10% most uncertain generated
+fields (tasks/review.py review_queue) and (b) a seeded random 10% of them, answers each review with the
 ground truth embedded in the image through record_reviews ("correct" where the model was wrong,
 "accept" otherwise), derives the next version (tasks/versions.py, as `--from` does) and scores the
 labels of both versions against the ground truth. The simulator's answers are ground truth + noise
@@ -74,14 +75,14 @@ def main() -> None:
     print(machine_line())
     config = AnnotateConfig(seed=args.seed, rewrite_with_llm=False)
     with postgres_admin_url() as admin_url, tempfile.TemporaryDirectory(prefix="seke-bench-") as tmp:
-        root = Path(tmp)
-        settings = new_settings(admin_url, root)
-        ingest_demo_data(settings, root, args.demo_images, seed=args.seed)
         with simulator_process(0.0) as sim:
             results = {}
             for name in ("top-uncertain", "random"):
-                # One v1 per strategy (same images, same configuration; runs are seeded by name).
-                run = f"v1-{name}"
+                # Both strategies review the same v1: its own database each, the same images, name and seed.
+                root = Path(tmp) / name
+                settings = new_settings(admin_url, root)
+                ingest_demo_data(settings, root, args.demo_images, seed=args.seed)
+                run = "v1"
                 annotate_without_prefect(settings, run, sim.base_url, sim.model, config, 16)
                 before = all_labels(settings, run)
                 with session_scope(settings) as session:
@@ -120,7 +121,8 @@ def main() -> None:
                     derivation = derive_run(session, run_id)
                 annotate_without_prefect(settings, f"{run}-v2", sim.base_url, sim.model, config, 16)
                 results[name] = (derivation, all_labels(settings, run), all_labels(settings, f"{run}-v2"))
-    print(f"\n{len(queue)} generated fields, {k} reviewed per strategy")
+    v1s = [v1 for _, v1, _ in results.values()]
+    print(f"\n{len(queue)} generated fields, {k} reviewed per strategy; the same v1 for both: {v1s[0] == v1s[1]}")
     from models.labels import ACTION_UNITS
 
     gains = {}
