@@ -99,14 +99,20 @@ def _decide(where: str, run: str, image_id: int, reviewer: str, field: str, mode
     return decision("accept") if same else decision("correct", given)
 
 
+def _json_list(path: Path, kind: str, shape: str) -> list[Any]:
+    """The JSON list in `path`; ReviewFileError naming the file when it is unreadable or not a list."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReviewFileError(f"{path}: not a readable {kind} ({error})") from None
+    if not isinstance(loaded, list):
+        raise ReviewFileError(f"{path}: {shape}")
+    return loaded
+
+
 def read_label_studio(session: Session, path: Path, reviewer: str | None = None) -> ReadReviews:
     """The decisions of a Label Studio JSON export; ReviewFileError naming the file, task and field."""
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ReviewFileError(f"{path}: not a readable Label Studio JSON export ({error})") from None
-    if not isinstance(tasks, list):
-        raise ReviewFileError(f"{path}: a Label Studio JSON export is a list of tasks")
+    tasks = _json_list(path, "Label Studio JSON export", "a Label Studio JSON export is a list of tasks")
     annotated: list[Reviewed] = []
     for number, task in enumerate(tasks, start=1):
         where = f"{path.name}: task {task.get('id', f'#{number}') if isinstance(task, dict) else f'#{number}'}"
@@ -164,12 +170,7 @@ def _argilla_reviewer(user_id: object) -> str:
 def read_argilla(session: Session, path: Path, reviewer: str | None = None) -> ReadReviews:
     """The decisions in an Argilla dataset folder (or its records.json); ReviewFileError naming the record and field."""
     records_file = path / "records.json" if path.is_dir() else path
-    try:
-        records = json.loads(records_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ReviewFileError(f"{records_file}: not a readable Argilla records.json ({error})") from None
-    if not isinstance(records, list):
-        raise ReviewFileError(f"{records_file}: Argilla's records.json is a list of records")
+    records = _json_list(records_file, "Argilla records.json", "Argilla's records.json is a list of records")
     annotated: list[Reviewed] = []
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
