@@ -620,6 +620,16 @@ def runs_show(name: str) -> None:
                       f"${savings.online_cost_usd:.4f} online: saved ${savings.saved_usd:.4f}")
 
 
+def _usable_out_dir(path: Path, overwrite: bool, hint: str) -> None:
+    """A usage error naming `hint` unless `path` may be written (tasks.export.check_out_dir)."""
+    from tasks.export import ExportError, check_out_dir
+
+    try:
+        check_out_dir(path, overwrite=overwrite)
+    except ExportError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
 @app.command()
 def export(
     run: Annotated[str, typer.Argument(help="Run name.", callback=_valid_name)],
@@ -630,15 +640,12 @@ def export(
     """Write a run's FEID as LLaVA JSONL + provenance sidecar + Hugging Face dataset."""
     from core.db import session_scope
     from core.store import open_store
-    from tasks.export import ExportError, check_out_dir, record_export
+    from tasks.export import record_export
 
     settings = get_settings()
     # The default folder is ours (a re-export replaces it); an explicit --out is replaced only with --force.
     target, overwrite = (out, force) if out is not None else (settings.resolved_state_dir / "exports" / run, True)
-    try:
-        check_out_dir(target, overwrite=overwrite)
-    except ExportError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--out") from exc
+    _usable_out_dir(target, overwrite, "--out")
     _ready(settings)
     with session_scope(settings) as session:
         run_row = _find_run(session, run, "RUN")
@@ -788,13 +795,9 @@ def export_benchmark(
     from core.store import open_store
     from tasks.benchmark.lmms_eval_export import TASK_NAME, write_lmms_eval_task
     from tasks.benchmark.runner import feab_items
-    from tasks.export import ExportError, check_out_dir
 
     settings = get_settings()
-    try:
-        check_out_dir(lmms_eval, overwrite=force)
-    except ExportError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--lmms-eval") from exc
+    _usable_out_dir(lmms_eval, force, "--lmms-eval")
     _ready(settings)
     with session_scope(settings) as session:
         items = feab_items(session, limit)
