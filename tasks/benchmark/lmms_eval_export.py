@@ -82,6 +82,7 @@ def write_lmms_eval_task(
 ) -> Path:
     """Write the task folder for `items` (FEAB, by image id) at `out_dir`; returns it."""
     import datasets
+    from datasets.arrow_writer import ArrowWriter
 
     if not items:
         raise ValueError("no FEAB images: import data and run `seke split` first")
@@ -95,14 +96,15 @@ def write_lmms_eval_task(
             question=datasets.Value("string"), reference=datasets.Value("string"),
         )  # fmt: skip
         datasets.disable_progress_bars()  # the CLI shows its own progress
-        # A generator, so FEAB is never all in memory; its cache lives in the staging folder and goes with it.
-        split = datasets.Dataset.from_generator(
-            _records, gen_kwargs={"items": items, "store": store, "question": benchmark_prompt().text},
-            features=features, cache_dir=str(staging / ".cache"),
-        )  # fmt: skip
-        datasets.DatasetDict({SPLIT: split}).save_to_disk(str(staging / "dataset"))
-        del split
-        shutil.rmtree(staging / ".cache", ignore_errors=True)
+        # Written record by record, so FEAB is never all in memory (Dataset.from_generator would also
+        # pickle the store to fingerprint it, which an S3 client refuses); the file goes with staging.
+        arrow = staging / "feab.arrow"
+        with ArrowWriter(features=features, path=str(arrow)) as writer:
+            for record in _records(items, store, benchmark_prompt().text):
+                writer.write(features.encode_example(record))
+            writer.finalize()
+        datasets.DatasetDict({SPLIT: datasets.Dataset.from_file(str(arrow))}).save_to_disk(str(staging / "dataset"))
+        arrow.unlink()
         (staging / "feab.yaml").write_text(task_yaml(out_dir / "dataset"))
         shutil.copyfile(lmms_eval_hooks.__file__, staging / "utils.py")
         prompt = benchmark_prompt()

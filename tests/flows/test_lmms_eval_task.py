@@ -111,3 +111,27 @@ def test_export_benchmark_refuses_a_non_empty_folder_and_leaves_nothing_half_wri
     assert refused.exit_code == 2 and "--force" in refused.output
     assert (out / "mine.txt").read_text() == "keep"
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_the_task_is_written_from_an_s3_store_image_by_image(s3_settings: Settings, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from core.store import open_store
+    from models.labels import FaceLabels
+    from tasks.benchmark.lmms_eval_export import write_lmms_eval_task
+    from tasks.benchmark.runner import FeabItem
+
+    store = open_store(s3_settings)
+    items = []
+    for image_id, colour in enumerate(("red", "blue", "green"), start=1):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 12), colour).save(buffer, format="PNG")
+        store.put_bytes(f"images/{image_id}.png", buffer.getvalue())
+        items.append(FeabItem(image_id, f"images/{image_id}.png", FaceLabels(expression="happiness", valence=0.5)))
+    out = write_lmms_eval_task(items, store, tmp_path / "task")
+    docs = datasets.load_from_disk(str(out / "dataset"))["test"]
+    assert [d["image_id"] for d in docs] == [1, 2, 3]
+    assert [d["image"].getpixel((0, 0)) for d in docs] == [(255, 0, 0), (0, 0, 255), (0, 128, 0)]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset", "feab.yaml", "manifest.json", "utils.py"]
