@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,11 +195,11 @@ def argilla_image(store: ObjectStore, image: Image) -> str:
     return f"data:image/{mime};base64,{base64.b64encode(store.get_bytes(image.object_key)).decode('ascii')}"
 
 
-def argilla_records(session: Session, store: ObjectStore, run_name: str) -> list[dict[str, Any]]:
+def argilla_records(session: Session, store: ObjectStore, run_name: str) -> Iterator[dict[str, Any]]:
     """One record per image, the run's values as suggestions (score 1 − the field's uncertainty, agent the
-    run and prompt version), in the shape of Argilla's `Record.to_dict`."""
+    run and prompt version), in the shape of Argilla's `Record.to_dict`; one at a time, as each may carry
+    its image."""
     agent = model_version(run_name)
-    records = []
     for item in review_items(session, run_name):
         suggestions: dict[str, dict[str, Any]] = {}
         for a in item.fields:
@@ -213,25 +214,21 @@ def argilla_records(session: Session, store: ObjectStore, run_name: str) -> list
             suggestions["aus"] = {
                 "value": item.present_aus, "score": None if au_uncertainty is None else 1.0 - au_uncertainty, "agent": agent,
             }  # fmt: skip
-        records.append(
-            {
-                "id": f"{run_name}:{item.image.id}",
-                "fields": {"image": argilla_image(store, item.image)},
-                "metadata": {"uncertainty": item.uncertainty, "image_id": item.image.id, "call_id": item.call_id, "run": run_name},
-                "suggestions": suggestions,
-                "responses": {},
-                "vectors": {},
-                "status": "pending",
-                "_server_id": None,
-            }
-        )
-    return records
+        yield {
+            "id": f"{run_name}:{item.image.id}",
+            "fields": {"image": argilla_image(store, item.image)},
+            "metadata": {"uncertainty": item.uncertainty, "image_id": item.image.id, "call_id": item.call_id, "run": run_name},
+            "suggestions": suggestions,
+            "responses": {},
+            "vectors": {},
+            "status": "pending",
+            "_server_id": None,
+        }
 
 
 def export_argilla(session: Session, store: ObjectStore, run_name: str, out_dir: Path) -> Path:
     """Write the Argilla dataset folder (for `rg.Dataset.from_disk`) at out_dir, whole or not at all."""
     check_out_dir(out_dir, overwrite=False)
-    records = argilla_records(session, store, run_name)
     dataset = {"name": f"{run_name}-review", "guidelines": None, "allow_extra_metadata": False, "status": "draft",
                "distribution": None, "workspace_id": None, "id": None, "inserted_at": None, "updated_at": None,
                "last_activity_at": None}  # fmt: skip
@@ -241,7 +238,12 @@ def export_argilla(session: Session, store: ObjectStore, run_name: str, out_dir:
         (staging / ".argilla").mkdir()
         (staging / ".argilla" / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
         (staging / ".argilla" / "settings.json").write_text(json.dumps(argilla_settings()), encoding="utf-8")
-        (staging / "records.json").write_text(json.dumps(records), encoding="utf-8")
+        with (staging / "records.json").open("w", encoding="utf-8") as records:
+            # A JSON list written record by record: with a local store every record carries its image.
+            records.write("[")
+            for number, record in enumerate(argilla_records(session, store, run_name)):
+                records.write(("," if number else "") + json.dumps(record))
+            records.write("]")
         check_out_dir(out_dir, overwrite=False)  # still true after the write
         if out_dir.exists():
             out_dir.rmdir()
