@@ -96,7 +96,7 @@ def stop_prefect_worker(worker: subprocess.Popen, timeout_s: float = 180) -> Non
         try:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            # Seen in 2 of 12 runs of the Prefect server tests side by side (the suite on both cores): the
+            # Seen in 2 of 10 runs of the Prefect server tests side by side (the suite on both cores): the
             # worker logged the signal and never stopped (asyncio on Python 3.11 can lose a cancellation).
             # A second SIGTERM is Prefect's own escalation: its handler then SIGKILLs the worker.
             worker.terminate()
